@@ -1,0 +1,114 @@
+"""Architecture page: what each VGG of the paper is made of, with the numbers counted on the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from vgg import summary
+from vgg.errors import VGGError
+from vgg.figures import architecture as figures
+from vgg.model import CONFIG_LABELS, CONFIG_NAMES, torchvision_name
+
+LESSONS = Path(__file__).resolve().parent.parent / "assets" / "architecture"
+NUMBER_COLUMNS = {
+    "params": st.column_config.NumberColumn("parameters", format="localized"),
+    "trainable_params": st.column_config.NumberColumn("trainable", format="localized"),
+    "macs": st.column_config.NumberColumn("multiply-adds", format="localized"),
+    "activation_bytes": st.column_config.NumberColumn("output memory", format="bytes"),
+    "output_shape": st.column_config.TextColumn("output"),
+    "receptive_field": st.column_config.NumberColumn("receptive field"),
+}
+
+
+@st.cache_data(show_spinner=False)
+def layer_table(config: str, batch_norm: bool, input_size: int, num_classes: int) -> pd.DataFrame:
+    return summary.layer_table(config, batch_norm=batch_norm, input_size=input_size, num_classes=num_classes)
+
+
+def lesson(name: str) -> None:
+    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
+
+
+def model_ui() -> tuple[str, bool, int, int]:
+    left, middle, right, far = st.columns([3, 1.4, 1.4, 1.4], vertical_alignment="bottom")
+    config = left.selectbox("Configuration (Table 1)", CONFIG_NAMES, index=CONFIG_NAMES.index("D"),
+                            format_func=CONFIG_LABELS.get, key="config")
+    batch_norm = middle.toggle("Batch norm", key="batch_norm")
+    size = right.number_input("Input size (px)", min_value=summary.MIN_INPUT_SIZE,
+                              max_value=summary.MAX_INPUT_SIZE, value=224, step=32, key="input_size")
+    classes = far.number_input("Classes", min_value=2, max_value=100_000, value=1000, key="num_classes")
+    return config, batch_norm, int(size), int(classes)
+
+
+st.title("Architecture")
+lesson("intro")
+config, batch_norm, input_size, num_classes = model_ui()
+try:
+    table = layer_table(config, batch_norm, input_size, num_classes)
+except VGGError as e:
+    st.error(str(e))
+    st.stop()
+totals = summary.table_totals(table)
+
+cols = st.columns(4)
+cols[0].metric("Parameters", summary.format_count(totals["total_params"]))
+cols[1].metric("Multiply-adds per image", summary.format_si(totals["total_macs"]))
+cols[2].metric("Weight layers", summary.weight_layers(config))
+cols[3].metric("Weights in fp32", summary.format_bytes(totals["param_bytes"]))
+if torchvision_name(config, batch_norm) is None:
+    st.info((LESSONS / "no_weights.md").read_text(encoding="utf-8"), icon=":material/info:")
+
+layers_tab, diagram_tab, paper_tab, lessons_tab = st.tabs(["Layers", "Block diagram", "Paper's Table 1", "Lessons"])
+with layers_tab:
+    st.dataframe(table, column_config=NUMBER_COLUMNS, hide_index=True, height=420)
+    log_y = st.toggle("Logarithmic scale", value=True, key="log_y")
+    st.plotly_chart(figures.layer_bars(table, "params", log_y=log_y, title="Parameters per layer"))
+    st.plotly_chart(figures.layer_bars(table, "macs", log_y=log_y, title="Multiply-adds per layer"))
+with diagram_tab:
+    st.plotly_chart(figures.block_diagram(table, title=f"{CONFIG_LABELS[config]} at {input_size}×{input_size}"))
+    st.caption("Box height grows with the spatial size, thickness with the channels; hover for details.")
+with paper_tab:
+    paper = summary.paper_table1(num_classes)
+    st.dataframe(paper.style.set_properties(subset=[config], **{"background-color": "#fde68a", "font-weight": "bold"}),
+                 height=880)
+    st.caption("Weight layers: " + ", ".join(f"{c} {summary.weight_layers(c)}" for c in CONFIG_NAMES)
+               + ". A-LRN and C have no published ImageNet weights.")
+
+with lessons_tab:
+    lesson("conv_stacks")
+    channels = st.slider("Channels C", min_value=16, max_value=512, value=256, step=16, key="stack_channels")
+    for depth, (col_a, col_b) in zip((2, 3), (st.columns(2), st.columns(2))):
+        stack, single = summary.conv_stack_weights(channels, depth)
+        view = 2 * depth + 1
+        col_a.metric(f"{depth} × 3×3 (sees {view}×{view})", summary.format_count(stack),
+                     delta=f"{100 * (stack - single) / single:.0f} % weights", delta_color="inverse")
+        col_b.metric(f"one {view}×{view}", summary.format_count(single))
+    st.plotly_chart(figures.conv_stack_figure(channels))
+
+    lesson("parameters")
+    left, right = st.columns(2)
+    left.metric("Fully connected share of parameters", f"{100 * totals['fc_params'] / totals['total_params']:.1f} %")
+    right.metric("Fully connected share of multiply-adds", f"{100 * totals['fc_macs'] / totals['total_macs']:.2f} %")
+    st.plotly_chart(figures.stage_share_figure(table))
+
+    lesson("adaptive_pooling")
+    left, right = st.columns(2)
+    pool_in = left.number_input("Input cells", min_value=1, max_value=64, value=32, key="pool_in")
+    pool_out = right.number_input("Output cells", min_value=1, max_value=32, value=7, key="pool_out")
+    windows = summary.adaptive_pool_windows(int(pool_in), int(pool_out))
+    st.plotly_chart(figures.pool_windows_figure(windows, int(pool_in)))
+    last_map = table.loc[table["stage"].str.startswith("block"), "output_shape"].iloc[-1]
+    st.caption(f"With {input_size}×{input_size} images the last max-pool leaves {last_map}; "
+               "the pool turns it into 512×7×7.")
+
+    lesson("batch_norm")
+    plain = summary.table_totals(layer_table(config, False, input_size, num_classes))["total_params"]
+    with_bn = summary.table_totals(layer_table(config, True, input_size, num_classes))["total_params"]
+    left, right = st.columns(2)
+    left.metric(f"Parameters of {config} without → with batch norm",
+                f"{summary.format_count(plain)} → {summary.format_count(with_bn)}")
+    right.metric("Added by batch norm (γ and β per channel)", summary.format_count(with_bn - plain),
+                 delta=f"{100 * (with_bn - plain) / plain:.4f} %", delta_color="off")

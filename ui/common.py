@@ -1,0 +1,166 @@
+"""What every page shares: the one job manager, the run store, the data choice, live polling.
+
+This is the UI edge: Streamlit caching lives here, ``vgg`` stays free of Streamlit.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from vgg.data import DataConfig, DataSplits
+from vgg.jobs import JobManager, JobSnapshot, JobStatus
+from vgg.runs import RunStore
+from vgg.settings import data_dir, runs_dir
+from vgg.tasks import DataRegistry, data_task
+
+# Live views: the person who started a job polls fast, everyone else slower (a class of 30
+# watching must not starve the training).
+OWNER_INTERVAL_S = 1.0
+WATCHER_INTERVAL_S = 3.0
+
+DEFAULT_DATA = DataConfig(source="synthetic", input_size=32, images_per_class=500)
+
+
+@st.cache_resource
+def job_manager() -> JobManager:
+    """The one process-wide job manager (trainings and LR range tests)."""
+    return JobManager(max_running=int(os.environ.get("VGG_MAX_JOBS", "1")),
+                      max_queued=int(os.environ.get("VGG_MAX_QUEUE", "20")))
+
+
+@st.cache_resource
+def data_jobs() -> JobManager:
+    """Decoding data sets runs beside training, never queued behind it."""
+    return JobManager(max_running=1, max_queued=5)
+
+
+@st.cache_resource
+def data_registry() -> DataRegistry:
+    return DataRegistry()
+
+
+@st.cache_resource
+def _run_store(root: str) -> RunStore:
+    return RunStore(Path(root))
+
+
+def run_store() -> RunStore:
+    """The run store of ``$VGG_RUNS_DIR``."""
+    return _run_store(str(runs_dir()))
+
+
+def session_id() -> str:
+    """A stable id of this browser session (jobs remember who started them)."""
+    if "session_id" not in st.session_state:
+        st.session_state["session_id"] = uuid.uuid4().hex[:12]
+    return st.session_state["session_id"]
+
+
+# -- the data set in use (chosen on the Data page, used everywhere) -----------------------------
+
+
+def current_data() -> DataConfig:
+    return st.session_state.get("data_config", DEFAULT_DATA)
+
+
+def set_current_data(cfg: DataConfig, label: str) -> None:
+    st.session_state["data_config"] = cfg
+    st.session_state["dataset_label"] = label
+
+
+def data_label(cfg: DataConfig) -> str:
+    name = Path(cfg.source).name if cfg.source not in ("cifar10", "synthetic") else cfg.source
+    per_class = f", {cfg.images_per_class}/class" if cfg.images_per_class else ""
+    return f"{name} · {cfg.input_size} px{per_class}"
+
+
+def loaded_data(cfg: DataConfig) -> DataSplits | None:
+    """The data for ``cfg`` if loaded; otherwise start loading it in the background (None)."""
+    splits = data_registry().peek(cfg)
+    last = data_job(cfg)
+    if splits is None and (last is None or last.status is not JobStatus.FAILED):
+        data_jobs().submit("data", f"Loading {data_label(cfg)}", data_task(cfg, data_registry()),
+                           key=f"data:{cfg!r}", owner=session_id())
+    return splits
+
+
+def data_job(cfg: DataConfig) -> JobSnapshot | None:
+    """The newest loading job of ``cfg`` (to show its progress or its error)."""
+    key = f"data:{cfg!r}"
+    mine = [s for s in data_jobs().snapshots(kind="data") if s.key == key]
+    return mine[-1] if mine else None
+
+
+def show_data_loading(cfg: DataConfig) -> DataSplits | None:
+    """Draw a progress bar while ``cfg`` loads (polling), its error if it failed; the data when ready."""
+    splits = loaded_data(cfg)
+    if splits is not None:
+        return splits
+
+    @st.fragment(run_every=OWNER_INTERVAL_S)
+    def progress() -> None:
+        snap = data_job(cfg)
+        if snap is None or snap.status is JobStatus.DONE or data_registry().peek(cfg) is not None:
+            st.rerun()
+        if snap.status is JobStatus.FAILED:
+            st.error(snap.error or "loading failed")
+            if st.button("Try again", key="data-retry"):
+                data_jobs().submit("data", f"Loading {data_label(cfg)}", data_task(cfg, data_registry()),
+                                   key=f"data:{cfg!r}", owner=session_id())
+            return
+        st.progress(snap.progress or 0.0, text=f"Loading the data set: {snap.message or 'starting'}")
+
+    progress()
+    return None
+
+
+# -- live polling -------------------------------------------------------------------------------
+
+
+def poll_interval(snapshots: list[JobSnapshot]) -> float | None:
+    """How often a live view reruns: None when nothing runs (the timer stops)."""
+    active = [s for s in snapshots if not s.status.finished]
+    if not active:
+        return None
+    mine = any(s.owner == session_id() for s in active)
+    return OWNER_INTERVAL_S if mine else WATCHER_INTERVAL_S
+
+
+def rerun_when_finished(key: str, snapshots: list[JobSnapshot]) -> None:
+    """Call from a live fragment: a full rerun once the watched jobs finish, so the timer stops."""
+    active = any(not s.status.finished for s in snapshots)
+    was_active = st.session_state.get(f"_active:{key}", False)
+    st.session_state[f"_active:{key}"] = active
+    if was_active and not active:
+        st.rerun(scope="app")
+
+
+def show_error(error: BaseException | str) -> None:
+    st.error(str(error), icon=":material/error:")
+
+
+def status_badge(status: JobStatus | str) -> str:
+    name = status.value if isinstance(status, JobStatus) else str(status)
+    colours = {"running": "blue", "queued": "gray", "done": "green", "failed": "red",
+               "cancelled": "orange", "diverged": "red", "interrupted": "orange"}
+    return f":{colours.get(name.lower(), 'gray')}-badge[{name}]"
+
+
+def image_folders() -> list[str]:
+    """Folders inside the data dir that look like image-folder data sets (for a selectbox)."""
+    root = data_dir()
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in ("cifar-10-batches-py",):
+            out.append(p.name)
+    return out
+
+
+def with_data(cfg: Any, data: DataConfig) -> Any:
+    return replace(cfg, data=data)

@@ -1,0 +1,623 @@
+"""The run store: one folder per training run, written so that a crash loses nothing flushed.
+
+A run folder ``<root>/<run_id>`` holds:
+
+- ``config.json``: the run's configuration, written once, atomically;
+- ``metrics.csv``: one row per step, epoch and test evaluation, appended and flushed as they come;
+- ``status.json``: status, message, owning process and summary numbers, replaced atomically;
+- ``best.pt`` / ``last.pt``: ``{"model": state_dict, "meta": {...}}`` written to a temporary file in
+  the same folder, flushed, fsynced and ``os.replace``-d, so the previous file survives a failure;
+- ``predictions.pt``: test-set predictions for the Evaluate page, written the same way.
+
+A run whose status says "running" but whose process has died (``kill -9``, a crash, a reboot) is
+reported as "interrupted". Checkpoints are read with ``torch.load(..., weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import enum
+import errno
+import io
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import pandas as pd
+import torch
+
+from vgg.errors import CheckpointError, ConfigError, PathError, VGGError
+from vgg.paths import validate_run_id
+
+logger = logging.getLogger(__name__)
+
+RUN_STATUSES = ("running", "done", "cancelled", "failed", "diverged", "interrupted")
+FINAL_STATUSES = ("done", "cancelled", "failed", "diverged", "interrupted")
+CHECKPOINT_NAMES = ("best", "last")
+METRIC_KINDS = ("step", "epoch", "test")
+METRIC_COLUMNS = ("kind", "step", "epoch", "images_seen", "seconds", "lr", "loss", "accuracy",
+                  "train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_second")
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+STATUS_FILE = "status.json"
+PREDICTIONS_FILE = "predictions.pt"
+CHECKPOINT_FORMAT = 1
+
+# Identifies this process in status.json: a pid alone is not enough, since pids are reused (a
+# server in a container is often pid 1 on every start).
+_PROCESS_TOKEN = uuid.uuid4().hex
+_HOST = socket.gethostname()
+
+CheckpointName = Literal["best", "last"]
+
+
+class RunNotFoundError(VGGError, LookupError):
+    """No run with that id in the runs directory."""
+
+
+class RunInUseError(VGGError):
+    """The run is still being written by a live process."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the store knows about one run (read from its folder)."""
+
+    run_id: str
+    path: Path
+    config: dict[str, Any]  # config.json
+    status: str  # one of RUN_STATUSES
+    message: str  # why it ended, or what it is doing
+    summary: dict[str, Any]  # e.g. best_val_accuracy, test_accuracy, classes
+    created_at: float  # epoch seconds
+    updated_at: float
+    finished_at: float | None = None
+    pid: int | None = None  # the process that writes (wrote) it
+    has_best: bool = False
+    has_last: bool = False
+    has_predictions: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """True unless the run is still running."""
+        return self.status != "running"
+
+
+# ------------------------------------------------------------------------ process liveness
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from ``/proc/<pid>/stat``; None if unknowable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        fields = text[text.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+        return fields[0], int(fields[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _own_start_time() -> int | None:
+    stat = _proc_stat(os.getpid())
+    return None if stat is None else stat[1]
+
+
+_PROCESS_START = _own_start_time()
+
+
+def owner_record() -> dict[str, Any]:
+    """What status.json records about the writing process."""
+    return {"pid": os.getpid(), "token": _PROCESS_TOKEN, "host": _HOST,
+            "process_start": _PROCESS_START}
+
+
+def _pid_exists(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, it just belongs to someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def owner_alive(status: Mapping[str, Any]) -> bool:
+    """Whether the process recorded in a status.json record is still alive.
+
+    This very process compares its token; on the same host another pid counts as alive if it
+    exists, is no zombie, and (on Linux) started at the recorded time. A run written on another
+    host cannot be checked and counts as alive.
+    """
+    pid = status.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    host = status.get("host")
+    if host is not None and host != _HOST:
+        return True
+    if pid == os.getpid():
+        return status.get("token") == _PROCESS_TOKEN
+    if not _pid_exists(pid):
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    if state in ("Z", "X"):  # killed but not yet reaped
+        return False
+    recorded = status.get("process_start")
+    return not (isinstance(recorded, int) and recorded != start)
+
+
+# ------------------------------------------------------------------------ files
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON (and weights_only-safe) values: Paths, enums, dataclasses, tensors → primitives."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return _jsonable(value.item())
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, torch.device):
+        return str(value)
+    return str(value)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); harmless to skip where directories cannot be opened."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through ``write(file)`` to a temporary file next to ``path``, fsync, then replace.
+
+    On any failure the temporary file is removed, ``path`` is left as it was, and the
+    exception propagates.
+    """
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove the temporary file %s", tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=True) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} does not hold a JSON object")
+    return data
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (torch.save wraps a failed write in a RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _write_failure(file_name: str, run_id: str, exc: BaseException) -> CheckpointError:
+    os_error = _os_error_in(exc)
+    if os_error is not None:
+        reason = os_error.strerror or _first_line(str(os_error)) or type(os_error).__name__
+        if os_error.errno == errno.ENOSPC:
+            reason = "No space left on device"
+    else:
+        reason = _first_line(str(exc)) or type(exc).__name__
+    return CheckpointError(f"could not write {file_name} in {run_id}: {reason}; "
+                           "the previous file is kept")
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _save_torch(path: Path, payload: Any, run_id: str) -> None:
+    """Atomically ``torch.save`` ``payload`` to ``path``; failures → CheckpointError."""
+    needed = _tensor_bytes(payload)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and needed > free:
+        raise CheckpointError(
+            f"could not write {path.name} in {run_id}: No space left on device "
+            f"(needs {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB free); the previous file is kept")
+    try:
+        _atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as exc:
+        raise _write_failure(path.name, run_id, exc) from exc
+
+
+def read_checkpoint_file(path: Path, *, label: str | None = None) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; anything that would run code, or a
+    corrupt or truncated file, → ``CheckpointError`` with one line."""
+    label = label or path.name
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{label} does not exist") from exc
+    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        detail = _first_line(str(exc)) or type(exc).__name__
+        raise CheckpointError(f"refusing to load {label}: it is corrupt, truncated, or not a plain "
+                              f"tensor checkpoint (only weights are loaded, never code) — {detail}"
+                              ) from exc
+
+
+# ------------------------------------------------------------------------ writing a run
+
+
+class RunWriter:
+    """Writes one run's folder; made by ``RunStore.create``. Use from one thread at a time.
+
+    Also a context manager: an exception inside ``with`` marks the run "failed" with its message.
+    """
+
+    def __init__(self, run_id: str, path: Path, config: Mapping[str, Any]) -> None:
+        self.run_id = run_id
+        self.path = path
+        now = time.time()
+        self._status: dict[str, Any] = {
+            "run_id": run_id, "status": "running", "message": "", **owner_record(),
+            "created_at": now, "started_at": now, "updated_at": now, "finished_at": None,
+            "summary": {}}
+        _write_json(path / STATUS_FILE, self._status)
+        _write_json(path / CONFIG_FILE, dict(config))
+        self._metrics = open(path / METRICS_FILE, "a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._metrics, lineterminator="\n")
+        if self._metrics.tell() == 0:
+            self._csv.writerow(METRIC_COLUMNS)
+            self._metrics.flush()
+
+    @property
+    def status(self) -> str:
+        """The status last written."""
+        return str(self._status["status"])
+
+    def append_metrics(self, row: Mapping[str, Any], *, fsync: bool = False) -> None:
+        """Append one row to metrics.csv and flush it (a killed process keeps it).
+
+        ``row["kind"]`` is "step", "epoch" or "test"; other keys are METRIC_COLUMNS; missing
+        values stay empty. ``fsync`` also forces it to disk (survives a power cut).
+        """
+        unknown = set(row) - set(METRIC_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown metric column(s) {sorted(unknown)}; "
+                             f"choose from {', '.join(METRIC_COLUMNS)}")
+        kind = row.get("kind")
+        if kind not in METRIC_KINDS:
+            raise ValueError(f"metric row kind must be one of {METRIC_KINDS}, got {kind!r}")
+        if self._metrics.closed:
+            raise VGGError(f"run {self.run_id} is closed; its metrics cannot be appended")
+        self._csv.writerow([_csv_value(row.get(column)) for column in METRIC_COLUMNS])
+        self._metrics.flush()
+        if fsync:
+            os.fsync(self._metrics.fileno())
+
+    def set_status(self, status: str, message: str = "", **summary: Any) -> None:
+        """Replace status.json atomically; ``summary`` values are merged into its summary."""
+        if status not in RUN_STATUSES:
+            raise ConfigError(f"unknown run status {status!r}; choose one of {', '.join(RUN_STATUSES)}")
+        now = time.time()
+        self._status["status"] = status
+        self._status["message"] = str(message)
+        self._status["updated_at"] = now
+        self._status["finished_at"] = now if status in FINAL_STATUSES else None
+        self._status["summary"] = {**self._status["summary"], **_jsonable(summary)}
+        _write_json(self.path / STATUS_FILE, self._status)
+
+    def save_checkpoint(self, name: CheckpointName, model_state: Mapping[str, Any],
+                        meta: Mapping[str, Any] | None = None) -> Path:
+        """Write ``best.pt`` or ``last.pt`` atomically: ``{"model": state, "meta": meta}``.
+
+        A failure (a full disk) raises ``CheckpointError`` and leaves the previous file intact.
+        """
+        if name not in CHECKPOINT_NAMES:
+            raise ConfigError(f"unknown checkpoint {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
+        payload = {"format": CHECKPOINT_FORMAT, "model": dict(model_state),
+                   "meta": _jsonable(dict(meta or {}))}
+        path = self.path / f"{name}.pt"
+        _save_torch(path, payload, self.run_id)
+        return path
+
+    def save_predictions(self, predictions: Mapping[str, Any]) -> Path:
+        """Write the test-set predictions (labels, probabilities, hidden, indices, ...) atomically."""
+        path = self.path / PREDICTIONS_FILE
+        _save_torch(path, dict(predictions), self.run_id)
+        return path
+
+    def close(self) -> None:
+        """Close metrics.csv. The status is left as last set."""
+        if not self._metrics.closed:
+            self._metrics.close()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is not None and self.status == "running":
+                text = str(exc) if isinstance(exc, VGGError) else f"{type(exc).__name__}: {exc}"
+                self.set_status("failed", _first_line(text) or type(exc).__name__)
+        finally:
+            self.close()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # "nan", "inf" stay readable
+    return value
+
+
+# ------------------------------------------------------------------------ the store
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return slug[:48].strip("-._") or "run"
+
+
+class RunStore:
+    """All runs in one directory (``settings.runs_dir()`` in the app and the CLI)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------- paths
+
+    def run_path(self, run_id: str) -> Path:
+        """The folder of ``run_id``, checked to lie directly inside the root (no symlinks out)."""
+        validate_run_id(run_id)
+        path = self.root / run_id
+        if path.is_symlink() or path.resolve().parent != self.root:
+            raise PathError(f"run {run_id!r} points outside the runs directory {self.root}")
+        return path
+
+    def _existing(self, run_id: str) -> Path:
+        path = self.run_path(run_id)
+        if not (path / STATUS_FILE).is_file():
+            raise RunNotFoundError(f"no run {run_id!r} in {self.root}")
+        return path
+
+    def checkpoint_path(self, run_id: str, which: CheckpointName = "best") -> Path:
+        """Where ``best.pt`` / ``last.pt`` of a run is (whether or not it exists yet)."""
+        if which not in CHECKPOINT_NAMES:
+            raise ConfigError(f"unknown checkpoint {which!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
+        return self.run_path(run_id) / f"{which}.pt"
+
+    # ---------------------------------------------------------------- writing
+
+    def create(self, config: Mapping[str, Any], *, name_hint: str | None = None,
+               name: str | None = None) -> RunWriter:
+        """Make a new run folder ``<date>-<time>-<name>-<random>`` and return its writer.
+
+        ``name`` (alias ``name_hint``) becomes part of the id after cleaning, e.g. "vgg11_bn-scratch".
+        """
+        slug = _slug(name or name_hint or "run")
+        for _ in range(20):
+            run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
+            path = self.run_path(run_id)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return RunWriter(run_id, path, config)
+        raise VGGError(f"could not create a new run folder in {self.root}")
+
+    # ---------------------------------------------------------------- reading
+
+    def get(self, run_id: str) -> RunInfo:
+        """The run's info; a "running" run whose process died reads as "interrupted"."""
+        return self._info(run_id, self._existing(run_id))
+
+    def list_runs(self) -> list[RunInfo]:
+        """All runs, newest first. Folders that are not runs are skipped."""
+        infos = []
+        for path in self.root.iterdir():
+            try:
+                validate_run_id(path.name)
+            except PathError:  # hidden folders (.deleting-…) and anything else
+                continue
+            if path.is_symlink() or not (path / STATUS_FILE).is_file():
+                continue
+            try:
+                infos.append(self._info(path.name, path))
+            except OSError:  # deleted meanwhile
+                continue
+        infos.sort(key=lambda info: (info.created_at, info.run_id), reverse=True)
+        return infos
+
+    def _info(self, run_id: str, path: Path) -> RunInfo:
+        try:
+            status = _read_json(path / STATUS_FILE)
+        except (OSError, ValueError) as exc:
+            status = {"status": "failed", "message": f"status.json is unreadable: {_first_line(str(exc))}"}
+        try:
+            config = _read_json(path / CONFIG_FILE)
+        except (OSError, ValueError):
+            config = {}
+        state = status.get("status") if status.get("status") in RUN_STATUSES else "failed"
+        message = str(status.get("message", ""))
+        if state == "running" and not owner_alive(status):
+            status = self._mark_interrupted(path, status)
+            state, message = "interrupted", status["message"]
+        created = _number(status.get("created_at"), _mtime(path))
+        summary = status.get("summary")
+        pid = status.get("pid")
+        return RunInfo(
+            run_id=run_id, path=path, config=config, status=state, message=message,
+            summary=dict(summary) if isinstance(summary, dict) else {},
+            created_at=created, updated_at=_number(status.get("updated_at"), created),
+            finished_at=_number(status.get("finished_at"), 0.0) or None,
+            pid=pid if isinstance(pid, int) else None,
+            has_best=(path / "best.pt").is_file(), has_last=(path / "last.pt").is_file(),
+            has_predictions=(path / PREDICTIONS_FILE).is_file())
+
+    def _mark_interrupted(self, path: Path, status: dict[str, Any]) -> dict[str, Any]:
+        """Record the interruption in status.json (best effort) and return the new record."""
+        message = (f"interrupted: the process that ran it (pid {status.get('pid')}) stopped; "
+                   "metrics up to the last flush and the checkpoints are kept")
+        now = time.time()
+        status = {**status, "status": "interrupted", "message": message,
+                  "updated_at": now, "finished_at": now}
+        try:
+            _write_json(path / STATUS_FILE, status)
+            for tmp in path.glob(".*.tmp"):  # half-written files of the dead process
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not mark %s as interrupted", path, exc_info=True)
+        return status
+
+    def metrics(self, run_id: str) -> pd.DataFrame:
+        """metrics.csv as a DataFrame (numeric columns as floats, empty cells as NaN).
+
+        A partially written last line (the process was killed mid-write) is dropped.
+        """
+        path = self._existing(run_id) / METRICS_FILE
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        lines = text.splitlines()
+        width = len(METRIC_COLUMNS)
+        body = [line for line in lines[1:] if line.count(",") == width - 1]
+        if not body:
+            return pd.DataFrame({c: pd.Series(dtype="object" if c == "kind" else "float64")
+                                 for c in METRIC_COLUMNS})
+        frame = pd.read_csv(io.StringIO("\n".join([",".join(METRIC_COLUMNS), *body]) + "\n"),
+                            dtype=str, keep_default_na=False)
+        frame = frame[frame["kind"].isin(METRIC_KINDS)].reset_index(drop=True)
+        for column in METRIC_COLUMNS[1:]:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        return frame
+
+    def load_checkpoint(self, run_id: str, which: CheckpointName = "best") -> dict[str, Any]:
+        """Load ``best.pt`` or ``last.pt`` (weights only): ``{"model": state_dict, "meta": {...}}``."""
+        path = self.checkpoint_path(run_id, which)
+        self._existing(run_id)
+        if not path.is_file():
+            raise CheckpointError(f"run {run_id} has no {which}.pt yet")
+        data = read_checkpoint_file(path, label=f"{which}.pt of run {run_id}")
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise CheckpointError(f"{which}.pt of run {run_id} is not a run checkpoint "
+                                  "(expected a dict with a 'model' state dict)")
+        data.setdefault("meta", {})
+        return data
+
+    def load_predictions(self, run_id: str) -> dict[str, Any]:
+        """Load ``predictions.pt`` (weights only)."""
+        path = self._existing(run_id) / PREDICTIONS_FILE
+        if not path.is_file():
+            raise CheckpointError(f"run {run_id} has no test-set predictions yet")
+        data = read_checkpoint_file(path, label=f"{PREDICTIONS_FILE} of run {run_id}")
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{PREDICTIONS_FILE} of run {run_id} does not hold a mapping")
+        return data
+
+    # ---------------------------------------------------------------- deleting
+
+    def delete(self, run_id: str) -> None:
+        """Delete a run's folder; refused while a live process still writes it."""
+        info = self.get(run_id)
+        if info.status == "running":
+            raise RunInUseError(f"run {run_id} is still running (process {info.pid}); "
+                                "cancel it before deleting it")
+        # Rename first so a half-deleted folder never shows up as a run.
+        trash = self.root / f".deleting-{run_id}-{secrets.token_hex(3)}"
+        os.replace(info.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,57 @@
+"""Where the app keeps its files and which device it computes on (environment settings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from vgg.errors import ConfigError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def data_dir() -> Path:
+    """The data directory: ``$VGG_DATA_DIR``, default ``./data``; created on demand."""
+    path = Path(os.environ.get("VGG_DATA_DIR", "data")).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    """The runs directory: ``$VGG_RUNS_DIR``, default ``./runs``; created on demand."""
+    path = Path(os.environ.get("VGG_RUNS_DIR", "runs")).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` into a device; auto prefers cuda, then mps, then cpu."""
+    if name not in DEVICE_CHOICES:
+        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but Apple's MPS is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def default_device() -> torch.device:
+    """The device named by ``$VGG_DEVICE`` (default ``auto``)."""
+    return resolve_device(os.environ.get("VGG_DEVICE", "auto"))
+
+
+def device_description(device: torch.device) -> str:
+    """A short human description: ``CPU · 2 threads`` or the GPU's name."""
+    if device.type == "cuda":
+        return f"GPU · {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "GPU · Apple MPS"
+    return f"CPU · {torch.get_num_threads()} threads"

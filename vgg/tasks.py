@@ -1,0 +1,132 @@
+"""Job functions shared by the app and the CLI: load data, run an LR range test, train.
+
+Each ``*_task`` returns a callable for :meth:`vgg.jobs.JobManager.submit`; it publishes what a
+page needs to draw through the job's snapshots (history items are the engine's frozen events).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vgg.data import DataConfig, DataSplits, load_data
+from vgg.errors import VGGError
+from vgg.jobs import JobContext
+from vgg.lr_finder import LRFinderConfig, LRFinderResult, LRFinderStep
+from vgg.runs import RunStore
+from vgg.train import DoneEvent, EpochEvent, StatusEvent, StepEvent, TrainConfig, TrainResult, find_lr_for, fit
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class DataRegistry:
+    """Loaded data sets, shared by every job and page of one process (a few at most)."""
+
+    def __init__(self, max_entries: int = 3) -> None:
+        self._lock = threading.Lock()
+        self._loading: dict[DataConfig, threading.Lock] = {}
+        self._cache: dict[DataConfig, DataSplits] = {}
+        self._max = max_entries
+
+    def peek(self, cfg: DataConfig) -> DataSplits | None:
+        """The loaded data for ``cfg``, or None without loading."""
+        with self._lock:
+            return self._cache.get(cfg)
+
+    def get(self, cfg: DataConfig, progress: ProgressCallback | None = None) -> DataSplits:
+        """Load ``cfg`` once (concurrent callers wait for the first) and keep it."""
+        with self._lock:
+            if cfg in self._cache:
+                return self._cache[cfg]
+            lock = self._loading.setdefault(cfg, threading.Lock())
+        with lock:
+            with self._lock:
+                if cfg in self._cache:
+                    return self._cache[cfg]
+            splits = load_data(cfg, progress)
+            with self._lock:
+                self._cache[cfg] = splits
+                while len(self._cache) > self._max:
+                    self._cache.pop(next(iter(self._cache)))
+                self._loading.pop(cfg, None)
+            return splits
+
+
+def _progress_publisher(ctx: JobContext) -> ProgressCallback:
+    def progress(done: int, total: int, message: str) -> None:
+        ctx.publish(message=message, progress=done / total if total else None)
+
+    return progress
+
+
+def data_task(cfg: DataConfig, registry: DataRegistry) -> Callable[[JobContext], DataSplits]:
+    """Decode (or read from the cache) a data set, with progress."""
+
+    def run(ctx: JobContext) -> DataSplits:
+        splits = registry.get(cfg, _progress_publisher(ctx))
+        ctx.publish(progress=1.0, message=f"{len(splits.classes)} classes, {len(splits.train)} training images")
+        return splits
+
+    return run
+
+
+@dataclass(frozen=True)
+class LRFindJobResult:
+    result: LRFinderResult
+    config: TrainConfig
+
+
+def lr_find_task(cfg: TrainConfig, lr_cfg: LRFinderConfig, registry: DataRegistry,
+                 store: RunStore) -> Callable[[JobContext], LRFinderJobResult]:
+    """The LR range test; each iteration is one history item (:class:`LRFinderStep`)."""
+
+    def run(ctx: JobContext) -> LRFinderJobResult:
+        ctx.publish(message="loading the data set", progress=0.0)
+        splits = registry.get(cfg.data, _progress_publisher(ctx))
+
+        def on_step(step: LRFinderStep) -> None:
+            ctx.publish(append=step, progress=(step.iteration + 1) / lr_cfg.num_iter,
+                        message=f"lr {step.lr:.2e} · loss {step.loss:.3f}")
+
+        def on_event(e: Any) -> None:
+            if isinstance(e, StatusEvent):
+                ctx.publish(message=e.message)
+
+        result = find_lr_for(cfg, lr_cfg, splits=splits, on_step=on_step, on_event=on_event,
+                             cancel=ctx.cancel_event, runs_root=store.root)
+        out = LRFinderJobResult(result, cfg)
+        ctx.publish(result=out, progress=1.0, message="done; weights restored" if result.restored else "done")
+        return out
+
+    return run
+
+
+def train_task(cfg: TrainConfig, registry: DataRegistry, store: RunStore) -> Callable[[JobContext], TrainResult]:
+    """A training run written to ``store``; step and epoch events are history items."""
+
+    def run(ctx: JobContext) -> TrainResult:
+        ctx.publish(message="loading the data set", progress=0.0)
+        splits = registry.get(cfg.data, _progress_publisher(ctx))
+        ctx.publish(extra={"classes": tuple(splits.classes)})
+
+        def on_event(e: Any) -> None:
+            if isinstance(e, StepEvent):
+                ctx.publish(append=e, progress=e.progress,
+                            message=f"epoch {e.epoch} · step {e.step} · loss {e.loss:.3f} · "
+                                    f"{e.images_per_second:.0f} img/s")
+            elif isinstance(e, EpochEvent):
+                ctx.publish(append=e, message=f"epoch {e.epoch}: validation accuracy {e.val_accuracy:.1%}")
+            elif isinstance(e, StatusEvent):
+                ctx.publish(message=e.message, extra={"run_id": e.run_id} if e.run_id else None)
+            elif isinstance(e, DoneEvent):
+                ctx.publish(result=e.result, progress=1.0)
+
+        result = fit(cfg, store=store, splits=splits, on_event=on_event, cancel=ctx.cancel_event)
+        ctx.publish(message=f"{result.status}: {result.message}" if result.message else result.status)
+        if result.status == "diverged":
+            # The run's folder says "diverged"; the job reports it as a failure with the step.
+            raise VGGError(f"training diverged: {result.message}")
+        return result
+
+    return run
