@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ui.sidebar import sidebar_jobs
 from vgg.errors import VGGError
 from vgg.settings import default_device, device_description
 
@@ -38,6 +39,7 @@ def sidebar_status() -> None:
             st.error(str(error))
         dataset = st.session_state.get("dataset_label", "synthetic")
         st.markdown(f":material/dataset: **Data set:** {dataset}")
+        sidebar_jobs()
 
 
 def no_pages_yet() -> None:

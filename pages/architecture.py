@@ -14,12 +14,10 @@ from vgg.model import CONFIG_LABELS, CONFIG_NAMES, torchvision_name
 
 LESSONS = Path(__file__).resolve().parent.parent / "assets" / "architecture"
 NUMBER_COLUMNS = {
-    "params": st.column_config.NumberColumn("parameters", format="localized"),
-    "trainable_params": st.column_config.NumberColumn("trainable", format="localized"),
-    "macs": st.column_config.NumberColumn("multiply-adds", format="localized"),
-    "activation_bytes": st.column_config.NumberColumn("output memory", format="bytes"),
-    "output_shape": st.column_config.TextColumn("output"),
-    "receptive_field": st.column_config.NumberColumn("receptive field"),
+    "parameters": st.column_config.NumberColumn(format="localized"),
+    "trainable": st.column_config.NumberColumn(format="localized"),
+    "multiply-adds": st.column_config.NumberColumn(format="localized"),
+    "output memory": st.column_config.NumberColumn(format="bytes", help="fp32 output of one image"),
 }
 
 
@@ -53,7 +51,7 @@ except VGGError as e:
     st.stop()
 totals = summary.table_totals(table)
 
-cols = st.columns(4)
+cols = st.columns([1.5, 1.2, 0.8, 1.1])
 cols[0].metric("Parameters", summary.format_count(totals["total_params"]))
 cols[1].metric("Multiply-adds per image", summary.format_si(totals["total_macs"]))
 cols[2].metric("Weight layers", summary.weight_layers(config))
@@ -61,26 +59,30 @@ cols[3].metric("Weights in fp32", summary.format_bytes(totals["param_bytes"]))
 if torchvision_name(config, batch_norm) is None:
     st.info((LESSONS / "no_weights.md").read_text(encoding="utf-8"), icon=":material/info:")
 
-layers_tab, diagram_tab, paper_tab, lessons_tab = st.tabs(["Layers", "Block diagram", "Paper's Table 1", "Lessons"])
+tab_names = ["Layers", "Block diagram", "Paper's Table 1", "Lessons"]
+layers_tab, diagram_tab, paper_tab, lessons_tab = st.tabs(tab_names)
 with layers_tab:
-    st.dataframe(table, column_config=NUMBER_COLUMNS, hide_index=True, height=420)
+    st.dataframe(summary.readable_layer_table(table), column_config=NUMBER_COLUMNS, hide_index=True,
+                 height=420)
     log_y = st.toggle("Logarithmic scale", value=True, key="log_y")
     st.plotly_chart(figures.layer_bars(table, "params", log_y=log_y, title="Parameters per layer"))
     st.plotly_chart(figures.layer_bars(table, "macs", log_y=log_y, title="Multiply-adds per layer"))
 with diagram_tab:
-    st.plotly_chart(figures.block_diagram(table, title=f"{CONFIG_LABELS[config]} at {input_size}×{input_size}"))
+    title = f"{CONFIG_LABELS[config]} at {input_size}×{input_size}"
+    st.plotly_chart(figures.block_diagram(table, title=title))
     st.caption("Box height grows with the spatial size, thickness with the channels; hover for details.")
 with paper_tab:
     paper = summary.paper_table1(num_classes)
-    st.dataframe(paper.style.set_properties(subset=[config], **{"background-color": "#fde68a", "font-weight": "bold"}),
-                 height=880)
+    highlight = {"background-color": "#fde68a", "color": "#111", "font-weight": "bold"}
+    st.dataframe(paper.style.set_properties(subset=[config], **highlight), height=880)
     st.caption("Weight layers: " + ", ".join(f"{c} {summary.weight_layers(c)}" for c in CONFIG_NAMES)
                + ". A-LRN and C have no published ImageNet weights.")
 
 with lessons_tab:
     lesson("conv_stacks")
     channels = st.slider("Channels C", min_value=16, max_value=512, value=256, step=16, key="stack_channels")
-    for depth, (col_a, col_b) in zip((2, 3), (st.columns(2), st.columns(2))):
+    for depth in (2, 3):
+        col_a, col_b = st.columns(2)
         stack, single = summary.conv_stack_weights(channels, depth)
         view = 2 * depth + 1
         col_a.metric(f"{depth} × 3×3 (sees {view}×{view})", summary.format_count(stack),
@@ -90,8 +92,10 @@ with lessons_tab:
 
     lesson("parameters")
     left, right = st.columns(2)
-    left.metric("Fully connected share of parameters", f"{100 * totals['fc_params'] / totals['total_params']:.1f} %")
-    right.metric("Fully connected share of multiply-adds", f"{100 * totals['fc_macs'] / totals['total_macs']:.2f} %")
+    fc_params = 100 * totals["fc_params"] / totals["total_params"]
+    fc_macs = 100 * totals["fc_macs"] / totals["total_macs"]
+    left.metric("Fully connected share of parameters", f"{fc_params:.1f} %")
+    right.metric("Fully connected share of multiply-adds", f"{fc_macs:.2f} %")
     st.plotly_chart(figures.stage_share_figure(table))
 
     lesson("adaptive_pooling")
@@ -107,8 +111,8 @@ with lessons_tab:
     lesson("batch_norm")
     plain = summary.table_totals(layer_table(config, False, input_size, num_classes))["total_params"]
     with_bn = summary.table_totals(layer_table(config, True, input_size, num_classes))["total_params"]
-    left, right = st.columns(2)
-    left.metric(f"Parameters of {config} without → with batch norm",
-                f"{summary.format_count(plain)} → {summary.format_count(with_bn)}")
-    right.metric("Added by batch norm (γ and β per channel)", summary.format_count(with_bn - plain),
-                 delta=f"{100 * (with_bn - plain) / plain:.4f} %", delta_color="off")
+    cols = st.columns(3)
+    cols[0].metric(f"{config} without batch norm", summary.format_count(plain))
+    cols[1].metric(f"{config} with batch norm", summary.format_count(with_bn))
+    cols[2].metric("Added: γ and β per channel", summary.format_count(with_bn - plain),
+                   delta=f"+{100 * (with_bn - plain) / plain:.4f} %", delta_color="off")

@@ -147,7 +147,9 @@ def streamlit_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Headless Debian Chromium driven by playwright (``make test`` installs it; never a download)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=20_000)  # assertions wait for reruns on a busy 2-core machine
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no Chromium at {CHROMIUM}: run `make test` (installs Debian's chromium) or set CHROMIUM")

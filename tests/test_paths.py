@@ -90,7 +90,8 @@ def test_valid_run_ids(good: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", ".", "..", ".hidden", "a/b", "a\\b", "../x", "x" * 101, "run 1", "rün", "a\nb", "a\x00b", "/abs"]
+    "bad",
+    ["", ".", "..", ".hidden", "a/b", "a\\b", "../x", "x" * 101, "run 1", "rün", "a\nb", "a\x00b", "/abs"],
 )
 def test_invalid_run_ids(bad: str) -> None:
     with pytest.raises(PathError) as info:

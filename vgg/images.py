@@ -58,7 +58,10 @@ class _Refused(Exception):
 def _label(source: object, name: str | None) -> str:
     """How a file is named in messages: the given name (an upload's), else the path."""
     if name is None:
-        name = "uploaded image" if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            name = "uploaded image"
+        else:
+            name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
     text = "".join(ch if ch.isprintable() else "?" for ch in str(name))
     return text if len(text) <= 150 else text[:149] + "…"
 
@@ -192,7 +195,7 @@ def _decode(source: str | bytes, max_bytes: int, max_pixels: int, draft_size: in
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
-        if draft_size is not None and img.format == "JPEG":
+        if draft_size is not None and img.format in ("JPEG", "MPO"):
             img.draft(None, (draft_size, draft_size))
         img.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -241,9 +244,10 @@ def open_image(
 
 
 def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """Resize to ``size``×``size`` (bilinear with antialiasing, as torchvision's Resize) → uint8 (3, size, size).
+    """Resize to ``size``×``size`` → uint8 tensor (3, size, size).
 
-    The picture is squashed to a square, as the notebook's ``Resize((size, size))`` does.
+    Bilinear with antialiasing, as torchvision's Resize; the picture is squashed to a square, as
+    the notebook's ``Resize((size, size))`` does.
     """
     arr = np.array(image_to_array(img, size))  # a writable copy for torch
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

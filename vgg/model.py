@@ -78,7 +78,7 @@ def check_num_classes(num_classes: int) -> int:
 
 
 def conv_spec(entry: int | str) -> tuple[int, int]:
-    """``(out_channels, kernel_size)`` of a convolution entry: ``64 -> (64, 3)``, ``"1x1-256" -> (256, 1)``."""
+    """``(out_channels, kernel_size)`` of a conv entry: ``64 -> (64, 3)``, ``"1x1-256" -> (256, 1)``."""
     if isinstance(entry, int):
         return entry, 3
     kernel, _, channels = entry.partition("-")
@@ -154,8 +154,11 @@ class VGG(nn.Module):
         return self.forward_with_hidden(x)[0]
 
     def forward_with_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits, h)``: logits ``(B, num_classes)`` and the penultimate activations ``h`` ``(B, 4096)``."""
-        x = self.features(x)  # (B, 512, H/32, W/32)
+        """``(logits, h)``: logits ``(B, num_classes)`` and penultimate activations ``h`` ``(B, 4096)``."""
+        return self.head_with_hidden(self.features(x))
+
+    def head_with_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Pool and classifier on a feature map ``(B, 512, h, w)`` (e.g. for Grad-CAM): ``(logits, h)``."""
         if self.fold_pool and x.shape[-2] * x.shape[-1] < POOL_SIZE * POOL_SIZE:
             x = self._folded_first_linear(x)
         else:
@@ -221,7 +224,7 @@ def model_name(config: str, batch_norm: bool) -> str:
 
 
 def imagenet_weights(config: str, batch_norm: bool) -> WeightsEnum:
-    """torchvision's ``IMAGENET1K_V1`` weights enum member for the model, e.g. ``VGG11_BN_Weights.IMAGENET1K_V1``."""
+    """torchvision's ImageNet weights enum member, e.g. ``VGG11_BN_Weights.IMAGENET1K_V1``."""
     name = torchvision_name(config, batch_norm)
     if name is None:
         raise WeightsUnavailableError(
@@ -248,7 +251,7 @@ def pretrained_available(config: str, batch_norm: bool) -> bool:
 
 
 def load_state_dict_file(path: Path | str) -> dict[str, Tensor]:
-    """Read a state dict with ``torch.load(..., weights_only=True)``; anything else is a ``CheckpointError``."""
+    """Read a state dict with ``torch.load(..., weights_only=True)``; anything else: ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"state-dict file {str(path)!r} does not exist")
@@ -262,7 +265,8 @@ def load_state_dict_file(path: Path | str) -> dict[str, Tensor]:
                               "(a mapping of parameter names to tensors)")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise CheckpointError(f"{path.name} is not a state dict: entry {bad[0]!r} is not a name with a tensor")
+        raise CheckpointError(f"{path.name} is not a state dict: entry {bad[0]!r} is not a name with a "
+                              "tensor")
     return dict(obj)
 
 
@@ -312,7 +316,8 @@ def _weights_state(weights: WeightsEnum, name: str, allow_download: bool,
     advice = (f"put {file_name} (from {weights.url}) into {folder}, or set TORCH_HOME to a folder whose "
               "hub/checkpoints holds it, or choose a local .pth state-dict file")
     if not allow_download:
-        raise WeightsUnavailableError(f"ImageNet weights for {name} are not cached and downloads are off: {advice}")
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {name} are not cached and downloads are off: {advice}")
     match = torch.hub.HASH_REGEX.search(file_name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -322,12 +327,14 @@ def _weights_state(weights: WeightsEnum, name: str, allow_download: bool,
     except (OSError, RuntimeError, ValueError, http.client.HTTPException) as e:
         reason = " ".join(str(e).split())[:160] or type(e).__name__
         raise WeightsUnavailableError(
-            f"ImageNet weights for {name} are not cached and could not be downloaded ({reason}): {advice}") from e
+            f"ImageNet weights for {name} are not cached and could not be downloaded ({reason}): {advice}"
+        ) from e
     return load_state_dict_file(path), "download"
 
 
-def load_pretrained(config: str, *, batch_norm: bool, num_classes: int, weights_path: Path | str | None = None,
-                    allow_download: bool = True, progress: bool = False) -> tuple[VGG, PretrainedInfo]:
+def load_pretrained(config: str, *, batch_norm: bool, num_classes: int,
+                    weights_path: Path | str | None = None, allow_download: bool = True,
+                    progress: bool = False) -> tuple[VGG, PretrainedInfo]:
     """A VGG with pretrained weights and a fresh last layer ``Linear(4096, num_classes)``.
 
     Without ``weights_path`` the ImageNet weights come from torchvision's cache
@@ -344,7 +351,8 @@ def load_pretrained(config: str, *, batch_norm: bool, num_classes: int, weights_
         state, source = _weights_state(weights, name, allow_download, progress)
         file_name = os.path.basename(weights.url)
     else:
-        weights = None if torchvision_name(config, batch_norm) is None else imagenet_weights(config, batch_norm)
+        published = torchvision_name(config, batch_norm) is not None
+        weights = imagenet_weights(config, batch_norm) if published else None
         state, source, file_name = load_state_dict_file(weights_path), "file", Path(weights_path).name
 
     head = state.get("classifier.6.weight")
@@ -371,7 +379,8 @@ def load_pretrained(config: str, *, batch_norm: bool, num_classes: int, weights_
             categories = meta_categories
         transforms = weights.transforms()
         mean, std = tuple(transforms.mean), tuple(transforms.std)
-    info = PretrainedInfo(name=name, categories=categories, mean=mean, std=std, file_name=file_name, source=source)
+    info = PretrainedInfo(name=name, categories=categories, mean=mean, std=std, file_name=file_name,
+                          source=source)
     return model, info
 
 
@@ -400,7 +409,8 @@ def param_groups(model: VGG, lr: float, ratio: float = 0.1) -> list[dict[str, An
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):
         raise ConfigError(f"learning-rate ratio must be a positive number, got {ratio!r}")
     groups = []
-    for name, module, group_lr in (("features", model.features, lr * ratio), ("classifier", model.classifier, lr)):
+    parts = (("features", model.features, lr * ratio), ("classifier", model.classifier, lr))
+    for name, module, group_lr in parts:
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
             groups.append({"params": params, "lr": group_lr, "name": name})

@@ -82,7 +82,8 @@ def model_layer_table(model: nn.Module, *, input_size: int = 224) -> pd.DataFram
         for handle in handles:
             handle.remove()
     # Keys look like "VGG.features.0"; drop the root's class name.
-    flops = {key.split(".", 1)[1]: sum(ops.values()) for key, ops in counter.get_flop_counts().items() if "." in key}
+    counts = counter.get_flop_counts()
+    flops = {key.split(".", 1)[1]: sum(ops.values()) for key, ops in counts.items() if "." in key}
 
     rows = []
     geometry = _Geometry(size=input_size)
@@ -205,6 +206,33 @@ def format_bytes(value: int) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover - loop always returns
 
 
+def readable_layer_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The layer table for people: one text ``window`` column ("3×3 /1 pad 1") instead of kernel,
+    stride and padding, and receptive field / jump as text ("whole image" after the pool);
+    counts stay integers so a UI can format them."""
+    def window(row: pd.Series) -> str:
+        if pd.isna(row["kernel"]):
+            return ""
+        pad = f" pad {row['padding']}" if row["padding"] else ""
+        return f"{row['kernel']}×{row['kernel']} /{row['stride']}{pad}"
+
+    def pixels(value: float | int) -> str:
+        return "whole image" if pd.isna(value) else f"{int(value)} px"
+
+    return pd.DataFrame({
+        "layer": table["name"],
+        "type": table["type"],
+        "window": table.apply(window, axis=1),
+        "output": table["output_shape"],
+        "parameters": table["params"],
+        "trainable": table["trainable_params"],
+        "multiply-adds": table["macs"],
+        "receptive field": table["receptive_field"].map(pixels),
+        "jump": table["jump"].map(pixels),
+        "output memory": table["activation_bytes"],
+    })
+
+
 def format_layer_table(table: pd.DataFrame) -> str:
     """The layer table as aligned plain text with thousands separators, plus a totals line."""
     def cell(value: object) -> str:
@@ -218,19 +246,20 @@ def format_layer_table(table: pd.DataFrame) -> str:
                       format_count(row.macs), cell(row.receptive_field), cell(row.jump),
                       format_bytes(row.activation_bytes)))
     totals = table_totals(table)
-    lines.append(("total", "", "", "", format_count(totals["total_params"]), format_count(totals["total_macs"]),
-                  "", "", format_bytes(totals["activation_bytes"])))
+    lines.append(("total", "", "", "", format_count(totals["total_params"]),
+                  format_count(totals["total_macs"]), "", "", format_bytes(totals["activation_bytes"])))
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
     left = {0, 1, 3}  # text columns; numbers align right
 
     def render(line: tuple[str, ...]) -> str:
         return "  ".join(str(v).ljust(w) if i in left else str(v).rjust(w)
-                         for i, (v, w) in enumerate(zip(line, widths))).rstrip()
+                         for i, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     body = [render(header), rule, *(render(line) for line in lines[:-1]), rule, render(lines[-1])]
-    summary = (f"{format_count(totals['total_params'])} parameters ({format_count(totals['trainable_params'])} "
-               f"trainable), {format_si(totals['total_macs'])}MACs per image")
+    summary = (f"{format_count(totals['total_params'])} parameters "
+               f"({format_count(totals['trainable_params'])} trainable), "
+               f"{format_si(totals['total_macs'])}multiply-adds per image")
     return "\n".join([*body, summary])
 
 

@@ -364,6 +364,61 @@ class BatchPipeline:
         return x.contiguous(memory_format=torch.channels_last)
 
 
+@dataclass(frozen=True)
+class FeaturePipeline:
+    """Batches of precomputed (frozen) features: only moved to the device."""
+
+    device: torch.device
+    augment: bool = False
+
+    def __call__(self, features: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return features.to(self.device, non_blocking=True).float()
+
+
+class HeadOnly(nn.Module):
+    """The pool and classifier of a VGG applied to cached feature maps ``(B, 512, h, w)``."""
+
+    def __init__(self, vgg: nn.Module) -> None:
+        super().__init__()
+        self.vgg = vgg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vgg.head_with_hidden(x)[0]
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vgg.head_with_hidden(x)
+
+
+FEATURE_CACHE_LIMIT_BYTES = 2 * 1024**3  # above this, frozen features are recomputed every step
+
+
+def uses_feature_cache(cfg: TrainConfig) -> bool:
+    """Frozen features and no augmentation: their output cannot change, so compute it once."""
+    return cfg.freeze != "none" and not cfg.augment
+
+
+@torch.no_grad()
+def compute_features(model: nn.Module, data: TensorData, pipeline: "BatchPipeline", *,
+                     batch_size: int = 256, autocast_dtype: torch.dtype | None = None,
+                     cancel: threading.Event | None = None) -> TensorData:
+    """The (frozen, eval-mode) feature maps of every image, ``(N, 512, h, w)`` float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    try:
+        for _, images, _ in iterate_batches(data, batch_size, shuffle=False):
+            if cancel is not None and cancel.is_set():
+                break
+            x = replace(pipeline, augment=False)(images, None)
+            with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                chunks.append(model.features(x).float().cpu())
+    finally:
+        model.train(was_training)
+    features = torch.cat(chunks) if chunks else torch.zeros(0)
+    return TensorData(features, data.labels[: len(features)])
+
+
 def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool,
                     generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(indices, images uint8, labels)`` batches over ``data``."""
@@ -454,8 +509,11 @@ class Trainer:
         self.on_event = on_event or (lambda e: None)
         self.cancel = cancel or threading.Event()
         self.optimizer = make_optimizer(self.model, cfg)
-        self.pipeline = BatchPipeline(prepared.mean, prepared.std, prepared.device, cfg.model_input_size,
-                                      cfg.augment)
+        self.pipeline: Any = BatchPipeline(prepared.mean, prepared.std, prepared.device,
+                                           cfg.model_input_size, cfg.augment)
+        self.net: nn.Module = self.model  # what the steps run: the whole model, or its head
+        if uses_feature_cache(cfg) and self._feature_bytes() <= FEATURE_CACHE_LIMIT_BYTES:
+            self._cache_features()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.steps_per_epoch = max(1, math.ceil(len(splits.train) / cfg.batch_size))
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -467,6 +525,22 @@ class Trainer:
         self.best_val_accuracy: float | None = None
         self.epochs_done = 0
         self.stop_reason = ""
+
+    def _feature_bytes(self) -> int:
+        n = len(self.splits.train) + len(self.splits.val) + len(self.splits.test)
+        side = max(1, self.cfg.model_input_size // 32)
+        return n * 512 * side * side * 4
+
+    def _cache_features(self) -> None:
+        """Replace the images by their frozen feature maps; train the classifier alone on them."""
+        parts = {}
+        for name in ("train", "val", "test"):
+            self.on_event(StatusEvent(f"computing frozen features ({name})"))
+            parts[name] = compute_features(self.model, getattr(self.splits, name), self.pipeline,
+                                           autocast_dtype=self.p.autocast_dtype, cancel=self.cancel)
+        self.splits = replace(self.splits, **parts)
+        self.pipeline = FeaturePipeline(self.p.device)
+        self.net = HeadOnly(self.model)
 
     # -- schedule -------------------------------------------------------------------------
     def progress(self) -> float:
@@ -492,7 +566,9 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[float, float, bool]:
         """One pass over the training images; returns (mean loss, accuracy, finished normally)."""
-        self.model.train()
+        self.net.train()
+        if self.cfg.freeze != "none":
+            self.model.features.eval()  # frozen layers keep their batch-norm statistics
         total_loss, correct, n = 0.0, 0, 0
         for _, images, labels in iterate_batches(self.splits.train, self.cfg.batch_size, shuffle=True,
                                                  generator=self.generator):
@@ -502,7 +578,7 @@ class Trainer:
             lr = set_lr(self.optimizer, self.current_factor())
             x = self.pipeline(images, self.generator)
             y = labels.to(self.p.device)
-            loss, ok = train_step(self.model, self.optimizer, x, y, self.p.autocast_dtype)
+            loss, ok = train_step(self.net, self.optimizer, x, y, self.p.autocast_dtype)
             dt = time.perf_counter() - t
             self.step += 1
             if not math.isfinite(loss):
@@ -546,7 +622,7 @@ class Trainer:
             if not complete and self.stop_reason == "cancelled":
                 status, message = "cancelled", "stopped by the user"
                 break
-            val = evaluate(self.model, self.splits.val, self.pipeline, autocast_dtype=self.p.autocast_dtype,
+            val = evaluate(self.net, self.splits.val, self.pipeline, autocast_dtype=self.p.autocast_dtype,
                            cancel=self.cancel)
             is_best = self.best_val_loss is None or val.loss < self.best_val_loss
             state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -586,7 +662,7 @@ class Trainer:
         if best is not None and status in ("done", "cancelled"):
             self.model.load_state_dict(best)
             self.on_event(StatusEvent("evaluating the best checkpoint on the test set"))
-            test = evaluate(self.model, self.splits.test, self.pipeline, autocast_dtype=self.p.autocast_dtype,
+            test = evaluate(self.net, self.splits.test, self.pipeline, autocast_dtype=self.p.autocast_dtype,
                             keep_hidden=True)
             test_loss, test_acc = test.loss, test.accuracy
             if self.writer is not None and len(test.labels):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -15,6 +15,7 @@ STAGE_COLORS: dict[str, str] = {
 KIND_COLORS: dict[str, str] = {
     "conv": "#f2c14e", "lrn": "#8bc34a", "pool": "#e4572e", "avgpool": "#9e9e9e", "fc": "#7b5ea7",
 }
+AXIS_TITLES: dict[str, str] = {"params": "parameters", "macs": "multiply-adds"}
 KIND_LABELS: dict[str, str] = {
     "conv": "convolution + ReLU", "lrn": "local response norm", "pool": "max-pool 2×2",
     "avgpool": "adaptive avg-pool 7×7", "fc": "fully connected",
@@ -34,7 +35,7 @@ def layer_bars(table: pd.DataFrame, column: str, *, log_y: bool = False, title: 
     fig.update_layout(
         title=title, height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, bargap=0.15,
         xaxis={"categoryorder": "array", "categoryarray": list(rows["name"]), "tickangle": -60},
-        yaxis={"type": "log" if log_y else "linear", "title": column},
+        yaxis={"type": "log" if log_y else "linear", "title": AXIS_TITLES.get(column, column)},
         legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return fig
@@ -107,8 +108,7 @@ def _boxes(table: pd.DataFrame) -> list[_Box]:
     for row in table.itertuples(index=False):
         dims = [int(d) for d in row.output_shape.split("×")]
         if row.type in ("BatchNorm2d", "ReLU") and boxes and boxes[-1].kind == "conv":
-            last = boxes[-1]
-            boxes[-1] = _Box(last.kind, last.channels, last.size, last.hover + f" + {row.type}", last.new_block)
+            boxes[-1] = replace(boxes[-1], hover=boxes[-1].hover + f" + {row.type}")
             continue
         kind = kinds.get(row.type)
         if kind is None:
@@ -153,10 +153,11 @@ def block_diagram(table: pd.DataFrame, *, title: str = "") -> go.Figure:
             depth = 0.35 * height
         y0, y1, x1 = -height / 2, height / 2, x + thickness
         color = KIND_COLORS[box.kind]
-        faces = (
+        top, side = y1 + depth, x1 + depth
+        faces = (  # front (channels × height), top (channels × width), side (width × height)
             (f"M {x} {y0} L {x1} {y0} L {x1} {y1} L {x} {y1} Z", color),
-            (f"M {x} {y1} L {x + depth} {y1 + depth} L {x1 + depth} {y1 + depth} L {x1} {y1} Z", _shade(color, 1.35)),
-            (f"M {x1} {y0} L {x1 + depth} {y0 + depth} L {x1 + depth} {y1 + depth} L {x1} {y1} Z", _shade(color, 0.75)),
+            (f"M {x} {y1} L {x + depth} {top} L {side} {top} L {x1} {y1} Z", _shade(color, 1.35)),
+            (f"M {x1} {y0} L {side} {y0 + depth} L {side} {top} L {x1} {y1} Z", _shade(color, 0.75)),
         )
         for path, fill in faces:
             fig.add_shape(type="path", path=path, fillcolor=fill, line={"color": "#333", "width": 0.6})

@@ -1,0 +1,160 @@
+"""Classify page: a trained run's model on your own pictures — top 5, preprocessing, Grad-CAM, ImageNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from ui.common import run_store, show_error, status_badge
+from vgg import inference
+from vgg.errors import VGGError
+from vgg.figures import classify as figures
+from vgg.figures.evaluate import enlarge
+from vgg.images import open_image
+from vgg.model import model_name, pretrained_available, torchvision_name, weights_cache_dir, weights_file_name
+from vgg.runs import RunInfo
+
+LESSONS = Path(__file__).resolve().parent.parent / "assets" / "classify"
+TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
+DISPLAY_SIZE = 320  # pictures are shown (and cached) at most this big
+
+
+def lesson(stem: str, **values: str) -> str:
+    text = (LESSONS / f"{stem}.md").read_text(encoding="utf-8")
+    return text.format(**values) if values else text
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def cached_model(run_id: str, mtime: float) -> inference.LoadedModel:
+    """The run's best.pt, loaded once per version of the file (``mtime``) and shared by all sessions."""
+    return inference.load_model(run_id, store=run_store())
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the ImageNet model…")
+def cached_imagenet(config: str, batch_norm: bool) -> inference.LoadedModel:
+    return inference.load_imagenet_model(config, batch_norm)
+
+
+@st.cache_data(max_entries=64, show_spinner="Classifying…")
+def classify(data: bytes, name: str, run_id: str, mtime: float, with_imagenet: bool) -> dict[str, Any]:
+    """Everything shown for one picture, as plain values; ``{"error": ...}`` for a bad file."""
+    try:
+        img = open_image(data, name=name)
+    except VGGError as e:
+        return {"error": str(e)}
+    loaded = cached_model(run_id, mtime)
+    prediction = inference.predict(loaded, [img])[0]
+    steps = inference.preprocess_steps(img, loaded)
+    shown = img.copy()
+    shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+    heatmap = inference.grad_cam(loaded, img)
+    imagenet = None
+    if with_imagenet:
+        imagenet = inference.imagenet_top5(img, loaded.config, loaded.batch_norm,
+                                           model=cached_imagenet(loaded.config, loaded.batch_norm))
+    return {"image": np.asarray(shown), "size": img.size, "top": prediction.top, "unsure": prediction.unsure,
+            "resized": steps["resized"], "normalised": steps["normalised"].numpy(),
+            "overlay": np.asarray(inference.overlay_heatmap(shown, heatmap)), "imagenet": imagenet}
+
+
+def run_ui() -> RunInfo | None:
+    """Choose one of the runs with a best checkpoint (default: the run chosen on another page)."""
+    runs = [r for r in run_store().list_runs() if r.has_best]
+    if not runs:
+        st.info("No trained model yet: train a model first on the **Train** page.", icon=":material/info:")
+        return None
+    ids = [r.run_id for r in runs]
+    chosen = st.session_state.get("chosen_run")
+    by_id = {r.run_id: r for r in runs}
+    run_id = st.selectbox("Run", ids, index=ids.index(chosen) if chosen in by_id else 0, key="classify_run",
+                          format_func=lambda i: f"{i} · {by_id[i].status}")
+    st.session_state["chosen_run"] = run_id
+    info = by_id[run_id]
+    accuracy = info.summary.get("test_accuracy") or info.summary.get("best_val_accuracy")
+    st.caption(f"{status_badge(info.status)} {len(info.summary.get('classes') or info.config.get('classes') or [])} "
+               "classes" + (f" · accuracy {accuracy:.1%}" if isinstance(accuracy, float) else ""))
+    return info
+
+
+def pictures_ui() -> list[tuple[str, str, bytes]]:
+    """The uploaded pictures and the camera's, as (id, name, bytes); names are labels, never paths."""
+    files = st.file_uploader("Pictures (JPEG, PNG, WebP, BMP, GIF)", type=TYPES, accept_multiple_files=True,
+                             key="classify_upload")
+    pictures = [(f.file_id, f.name, f.getvalue()) for f in files or []]
+    if st.toggle("Take a picture with the camera", key="classify_camera_on"):
+        st.caption(lesson("camera"))
+        shot = st.camera_input("Camera", key="classify_camera")
+        if shot is not None:
+            pictures.append((shot.file_id, "camera picture", shot.getvalue()))
+    return pictures
+
+
+def show_picture(file_id: str, name: str, result: dict[str, Any], loaded: inference.LoadedModel) -> None:
+    st.subheader(name, divider="gray")
+    if "error" in result:
+        st.error(result["error"], icon=":material/broken_image:")
+        return
+    label, confidence = result["top"][0]
+    left, middle, right = st.columns([1, 1.5, 1])
+    left.image(result["image"], caption=f"your picture ({result['size'][0]}×{result['size'][1]})")
+    middle.plotly_chart(figures.top_k_figure(result["top"], title=f"{loaded.name}: {label} ({confidence:.0%})",
+                                             unsure_below=inference.UNSURE_BELOW), key=f"top5-{file_id}")
+    right.image(result["overlay"], caption=f"Grad-CAM: where the evidence for “{label}” is")
+    if result["unsure"]:
+        st.info(lesson("unsure", confidence=f"{confidence:.0%}", label=label), icon=":material/help:")
+    with st.expander("Preprocessing step by step"):
+        steps = st.columns(3)
+        steps[0].image(result["image"], caption="1 · original")
+        steps[1].image(enlarge(result["resized"], 160), width=160,
+                       caption=f"2 · squashed to {loaded.input_size}×{loaded.input_size}")
+        steps[2].image(enlarge(figures.rescaled_image(result["normalised"]), 160), width=160,
+                       caption="3 · normalised (stretched back for viewing)")
+        st.plotly_chart(figures.normalised_channels_figure(result["normalised"], loaded.mean, loaded.std),
+                        key=f"channels-{file_id}")
+    if result["imagenet"] is not None:
+        ours, theirs = st.columns(2)
+        ours.plotly_chart(figures.top_k_figure(result["top"], title=f"fine-tuned ({len(loaded.classes)} classes)"),
+                          key=f"ours-{file_id}")
+        theirs.plotly_chart(figures.top_k_figure(result["imagenet"], title="untouched ImageNet model (1000 classes)",
+                                                 color="#f28e2b"), key=f"imagenet-{file_id}")
+
+
+def imagenet_note(loaded: inference.LoadedModel) -> str:
+    if torchvision_name(loaded.config, loaded.batch_norm) is None:
+        return lesson("imagenet_unpublished", name=model_name(loaded.config, loaded.batch_norm))
+    return lesson("imagenet_missing", name=loaded.name, file=weights_file_name(loaded.config, loaded.batch_norm),
+                  folder=str(weights_cache_dir()))
+
+
+st.title("Classify")
+st.markdown(lesson("intro"))
+info = run_ui()
+if info is None:
+    st.stop()
+try:
+    mtime = (info.path / "best.pt").stat().st_mtime  # a newer best.pt is a new model
+    model = cached_model(info.run_id, mtime)
+except (VGGError, OSError) as e:
+    show_error(e)
+    st.stop()
+st.caption(f"Model: **{model.name}** · input {model.input_size}×{model.input_size} px · "
+           f"classes: {', '.join(model.classes[:12])}{' …' if len(model.classes) > 12 else ''}")
+with_imagenet = pretrained_available(model.config, model.batch_norm)
+pictures = pictures_ui()
+if not pictures:
+    st.caption("Upload one or more pictures to see what the model makes of them.")
+elif not with_imagenet:
+    st.caption(imagenet_note(model))
+for file_id, name, data in pictures:
+    try:
+        result = classify(data, name, info.run_id, mtime, with_imagenet)
+    except (VGGError, RuntimeError, ValueError, OSError) as e:  # one bad picture must not stop the others
+        result = {"error": f"{name}: could not classify it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"}
+    show_picture(file_id, name, result, model)
+
+with st.expander("Lessons: preprocessing, Grad-CAM and the pretrained model", icon=":material/school:"):
+    for part in ("preprocessing", "grad_cam", "imagenet"):
+        st.markdown(lesson(part))

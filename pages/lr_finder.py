@@ -1,0 +1,183 @@
+"""LR finder page: the LR range test in the background, its curve live, three suggestions to pick from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui.common import (
+    current_data,
+    data_label,
+    data_registry,
+    job_manager,
+    poll_interval,
+    rerun_when_finished,
+    run_store,
+    show_error,
+)
+from ui.live import (
+    cached_figure,
+    config_key,
+    describe_job_error,
+    init_ui,
+    job_config,
+    job_header,
+    others_active,
+    page_link,
+    submit_job,
+    watched_job,
+)
+from vgg import tasks as vgg_tasks
+from vgg.errors import VGGError
+from vgg.figures import training as figures
+from vgg.jobs import JobSnapshot, UnknownJobError
+from vgg.lr_finder import MIN_POINTS, RULES, LRFinderConfig, lr_schedule
+from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
+from vgg.tasks import lr_find_task
+from vgg.train import OPTIMIZERS, TrainConfig
+
+# Workaround, to remove once fixed: vgg/tasks.py defines LRFindJobResult but builds LRFinderJobResult.
+if not hasattr(vgg_tasks, "LRFinderJobResult"):
+    vgg_tasks.LRFinderJobResult = vgg_tasks.LRFindJobResult  # type: ignore[attr-defined]
+
+LESSONS = Path(__file__).resolve().parent.parent / "assets" / "lr_finder"
+JOB = "lrf_job"  # st.session_state key: id of this session's latest range test
+RULE_TITLES = {"steepest": "Steepest slope", "valley": "Valley (fastai's default)", "min_div10": "Minimum ÷ 10"}
+
+
+def lesson(name: str) -> None:
+    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
+
+
+def model_ui() -> tuple[TrainConfig | None, LRFinderConfig | None, bool]:
+    """The model, its starting weights and the range test's settings; (None, None, False) if invalid."""
+    a, b, c, d = st.columns([2.2, 1, 1.3, 1], vertical_alignment="bottom")
+    config = a.selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="lrf-config",
+                         persist_state="session")
+    batch_norm = b.toggle("Batch norm", value=True, key="lrf-bn", persist_state="session")
+    optimizer = c.selectbox("Optimizer", OPTIMIZERS, key="lrf-optimizer", persist_state="session")
+    batch_size = d.number_input("Batch size", min_value=0, max_value=100_000, value=128, key="lrf-batch",
+                                persist_state="session")
+    init = init_ui(config, batch_norm, key="lrf")
+    freeze = st.selectbox("Freeze", FREEZE_MODES, key="lrf-freeze", disabled=init in (None, "scratch"),
+                          help="Which weights stay fixed; only possible when starting from trained weights.",
+                          persist_state="session")
+    with st.expander("Range test settings (the notebook's defaults)"):
+        cols = st.columns(4)
+        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, 1e-7, format="%.1e", key="lrf-start-lr",
+                                        persist_state="session")
+        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, 10.0, format="%.1e", key="lrf-end-lr",
+                                      persist_state="session")
+        num_iter = cols[2].number_input("num_iter", 0, 100_000, 100, key="lrf-num-iter", persist_state="session")
+        smooth_f = cols[3].number_input("smooth_f", 0.0, 1.0, 0.05, step=0.01, key="lrf-smooth",
+                                        persist_state="session")
+        diverge_th = cols[0].number_input("diverge_th", 0.0, 1000.0, 5.0, key="lrf-diverge", persist_state="session")
+        skip_start = cols[1].number_input("skip_start", 0, 10_000, 10, key="lrf-skip-start", persist_state="session")
+        skip_end = cols[2].number_input("skip_end", 0, 10_000, 5, key="lrf-skip-end", persist_state="session")
+    try:
+        cfg = TrainConfig(config=config, batch_norm=batch_norm, init=init or "scratch",
+                          freeze=freeze if init not in (None, "scratch") else "none", optimizer=optimizer,
+                          batch_size=int(batch_size), data=current_data())
+        lr_cfg = LRFinderConfig(start_lr=float(start_lr), end_lr=float(end_lr), num_iter=int(num_iter),
+                                smooth_f=float(smooth_f), diverge_th=float(diverge_th),
+                                skip_start=int(skip_start), skip_end=int(skip_end))
+    except VGGError as error:
+        show_error(error)
+        return None, None, False
+    return cfg, lr_cfg, init is not None
+
+
+def curve_figure(snap: JobSnapshot) -> go.Figure:
+    steps = snap.history
+    lr_cfg = job_config(JOB, snap.id)
+    marks, skips = [], (0, 0)
+    if snap.result is not None:
+        res = snap.result.result
+        marks = [(rule, s.lr, res.smoothed[s.index]) for rule, s in res.suggestions.items() if s is not None]
+        if lr_cfg is not None and len(res.lrs) - lr_cfg.skip_start - lr_cfg.skip_end >= MIN_POINTS:
+            skips = (lr_cfg.skip_start, lr_cfg.skip_end)  # else the rules used every point
+    return figures.lr_finder_figure(
+        [s.lr for s in steps], [s.loss for s in steps], [s.smoothed for s in steps], marks=marks,
+        lr_range=(lr_cfg.start_lr, lr_cfg.end_lr) if lr_cfg is not None else None,
+        skip_start=skips[0], skip_end=skips[1])
+
+
+def live_view(first: JobSnapshot) -> None:
+    @st.fragment(run_every=poll_interval([first]))
+    def live() -> None:
+        try:
+            snap = job_manager().snapshot(first.id)
+        except UnknownJobError:
+            st.rerun(scope="app")
+        rerun_when_finished("lr_finder", [snap])
+        job_header(snap, stop_key="lrf-stop")
+        for other in others_active("lr_find", snap.id):
+            st.caption(f"Also queued or running for someone else: {other.title} ({other.progress:.0%}).")
+        st.plotly_chart(cached_figure("lr_finder", snap, lambda: curve_figure(snap)), key="lrf-chart")
+
+    live()
+
+
+def choose_lr(lr: float) -> None:
+    st.session_state["chosen_lr"] = lr
+
+
+def results(snap: JobSnapshot) -> None:
+    """The three suggestions with "use this LR", and the line about restored weights."""
+    describe_job_error(snap)
+    if snap.result is None:
+        return
+    res = snap.result.result
+    for col, rule in zip(st.columns(len(RULES)), RULES):
+        suggestion = res.suggestions.get(rule)
+        with col.container(border=True):
+            st.metric(RULE_TITLES[rule], f"{suggestion.lr:.2e}" if suggestion else "—")
+            st.caption(suggestion.explanation if suggestion else "Not enough points on the curve for this rule.")
+            if suggestion is not None:
+                st.button("Use this LR", key=f"lrf-use-{rule}", on_click=choose_lr, args=(float(suggestion.lr),),
+                          icon=":material/check:")
+    if res.restored:
+        st.success("Weights restored: after the test the model and the optimizer were put back exactly as "
+                   "they were before it, so a training starts from the same weights.", icon=":material/restore:")
+    else:
+        st.warning("The weights could not be restored after the test.", icon=":material/warning:")
+    if res.stopped_early:
+        st.caption(f"Stopped after {len(res.lrs)} batches: the smoothed loss passed diverge_th × its minimum.")
+
+
+st.title("LR finder")
+lesson("intro")
+data = current_data()
+st.caption(f"Data set: {data_label(data)} (change it on the Data page).")
+test_tab, lessons_tab = st.tabs(["Range test", "Lessons"])
+with test_tab:
+    with st.container(border=True):
+        cfg, lr_cfg, usable = model_ui()
+    if st.button("Start the range test", type="primary", key="lrf-start", icon=":material/play_arrow:",
+                 disabled=cfg is None or not usable):
+        title = f"LR range test · {cfg.config}{'-BN' if cfg.batch_norm else ''} · {cfg.init.split(':')[0]}"
+        submit_job("lr_find", title, lr_find_task(cfg, lr_cfg, data_registry(), run_store()),
+                   config_key("lr_find", cfg, lr_cfg), JOB, config=lr_cfg)
+    chosen = st.session_state.get("chosen_lr")
+    if chosen is not None:
+        st.success(f"Learning rate for training: **{chosen:.2e}**", icon=":material/check_circle:")
+        page_link("pages/train.py", "Go to the Train page", icon=":material/model_training:")
+    snap = watched_job("lr_find", JOB)
+    if snap is None:
+        st.info("No range test yet: choose the settings and press Start.", icon=":material/info:")
+    else:
+        live_view(snap)
+        if snap.finished:
+            results(snap)
+
+with lessons_tab:
+    lesson("range_test")
+    if lr_cfg is not None:
+        schedule = lr_schedule(lr_cfg)
+        st.plotly_chart(figures.range_test_schedule_figure(schedule))
+        st.caption(f"Each batch multiplies the learning rate by {schedule[1] / schedule[0]:.3f}: "
+                   f"{lr_cfg.num_iter} batches from {lr_cfg.start_lr:.0e} to {lr_cfg.end_lr:.0e}.")
+    lesson("suggestions")
+    lesson("freezing")

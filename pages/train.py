@@ -1,0 +1,309 @@
+"""Train page: every TrainConfig option, a cost estimate, one run in the background, its curves live."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from ui.common import (
+    current_data,
+    data_label,
+    data_registry,
+    job_manager,
+    poll_interval,
+    rerun_when_finished,
+    run_store,
+    show_error,
+)
+from ui.live import (
+    PROBE_AUTO_MACS,
+    cached,
+    cached_figure,
+    config_key,
+    describe_job_error,
+    format_seconds,
+    forward_totals,
+    init_ui,
+    job_config,
+    job_header,
+    memory_estimate,
+    others_active,
+    page_link,
+    probe_macs,
+    speed_probe,
+    submit_job,
+    watched_job,
+)
+from vgg.errors import VGGError
+from vgg.figures import training as figures
+from vgg.jobs import JobSnapshot, UnknownJobError
+from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
+from vgg.settings import resolve_device
+from vgg.summary import format_bytes, format_si
+from vgg.tasks import train_task
+from vgg.train import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, EpochEvent, StepEvent, TrainConfig, onecycle_factor
+
+LESSONS = Path(__file__).resolve().parent.parent / "assets" / "train"
+JOB = "train_job"  # st.session_state key: id of this session's latest training job
+S = {"persist_state": "session"}  # settings survive a visit to another page
+
+
+def lesson(name: str) -> None:
+    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
+
+
+def lr_default() -> None:
+    """The lr field starts at 1e-3; a rate picked on the LR finder page replaces it (once per pick)."""
+    chosen = st.session_state.get("chosen_lr")
+    if chosen is not None and st.session_state.get("_train_lr_from") != chosen:
+        st.session_state["train-lr"] = float(chosen)
+        st.session_state["_train_lr_from"] = chosen
+    st.session_state.setdefault("train-lr", 1e-3)
+
+
+def settings_ui() -> tuple[TrainConfig | None, bool]:
+    """Every TrainConfig option; (None, False) with the reason shown when a value is refused."""
+    data = current_data()
+    a, b, c = st.columns([2.2, 1, 3], vertical_alignment="bottom")
+    config = a.selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="train-config", **S)
+    batch_norm = b.toggle("Batch norm", value=True, key="train-bn", **S)
+    with c:
+        init = init_ui(config, batch_norm, key="train", allow_file=True)
+    pretrained = init not in (None, "scratch")
+    cols = st.columns(4)
+    images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or 500, key="train-ipc", **S)
+    size = cols[1].number_input("Input size (px)", 0, 10_000, data.input_size, step=32, key="train-size", **S,
+                                help="Images are resized on the fly when this differs from the data set's size.")
+    epochs = cols[2].number_input("Epochs", 0, 10_000_000, 2, key="train-epochs", **S)
+    batch = cols[3].number_input("Batch size", 0, 1_000_000, 128, key="train-batch", **S)
+    cols = st.columns(4)
+    optimizer = cols[0].selectbox("Optimizer", OPTIMIZERS, key="train-optimizer", **S)
+    schedule = cols[1].selectbox("Schedule", SCHEDULES, key="train-schedule", **S)
+    lr_default()
+    lr = cols[2].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr", **S,
+                              help="Set by the LR finder page's 'Use this LR'.")
+    ratio = cols[3].number_input("Feature LR ratio", 0.0, 100.0, 0.1 if pretrained else 1.0, format="%.3g",
+                                 key=f"train-ratio-{'pretrained' if pretrained else 'scratch'}", **S,
+                                 help="Discriminative fine-tuning: the convolutional layers learn at lr × ratio.")
+    with st.expander("More settings"):
+        cols = st.columns(4)
+        freeze = cols[0].selectbox("Freeze", FREEZE_MODES, key="train-freeze", disabled=not pretrained, **S)
+        augment = cols[1].toggle("Augmentation", value=True, key="train-augment", **S)
+        seed = cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="train-seed", **S)
+        budget = cols[3].number_input("Time budget (s, 0 = none)", 0.0, 1e9, 0.0, key="train-budget", **S)
+        device = cols[0].selectbox("Device", DEVICES, key="train-device", **S)
+        precision = cols[1].selectbox("Precision", PRECISIONS, key="train-precision", **S)
+        decay = cols[2].number_input("Weight decay", 0.0, 10.0, 0.0, format="%.1e", key="train-decay", **S)
+        momentum = cols[3].number_input("SGD momentum", 0.0, 10.0, 0.9, key="train-momentum", **S,
+                                        disabled=optimizer != "sgd")
+    try:
+        cfg = TrainConfig(
+            config=config, batch_norm=batch_norm, init=init or "scratch", freeze=freeze if pretrained else "none",
+            optimizer=optimizer, lr=float(lr), lr_ratio=float(ratio), schedule=schedule, epochs=int(epochs),
+            batch_size=int(batch), data=replace(data, images_per_class=int(images)),
+            input_size=None if int(size) == data.input_size else int(size), augment=augment, seed=int(seed),
+            device=device, precision=precision, time_budget_s=float(budget) or None, weight_decay=float(decay),
+            momentum=float(momentum))
+        resolve_device(cfg.device)  # "cuda" without a GPU is refused here, not in the job
+    except VGGError as error:
+        show_error(error)
+        return None, False
+    return cfg, init is not None
+
+
+def cost_ui(cfg: TrainConfig) -> None:
+    """Seconds per epoch from multiply-adds and a short speed probe on this device; memory."""
+    splits = data_registry().peek(cfg.data)
+    classes = len(splits.classes) if splits else 10
+    n_train = len(splits.train) if splits else round(cfg.data.images_per_class * classes * (1 - cfg.data.val_fraction))
+    n_val = len(splits.val) if splits else round(cfg.data.images_per_class * classes * cfg.data.val_fraction)
+    totals = forward_totals(cfg.config, cfg.batch_norm, cfg.model_input_size, classes)
+    epoch_macs = 3 * totals["total_macs"] * n_train + totals["total_macs"] * n_val  # training ≈ 3 × forward
+    memory = memory_estimate(totals, cfg.batch_size, cfg.optimizer)
+    cols = st.columns(4)
+    cols[0].metric("Multiply-adds per epoch", format_si(epoch_macs), help=f"{n_train:,} training images × 3 × "
+                   f"{format_si(totals['total_macs'])} (forward + backward) + {n_val:,} validation images")
+    cols[1].metric("Memory (estimate)", format_bytes(memory["total"]),
+                   help=" · ".join(f"{k} {format_bytes(v)}" for k, v in memory.items() if k != "total"))
+    probe_args = (cfg.config, cfg.batch_norm, cfg.model_input_size, classes, cfg.device, cfg.optimizer,
+                  cfg.freeze, cfg.precision)
+    probed = st.session_state.setdefault("_train_probed", set())  # measured already (cached)
+    cheap = probe_macs(totals["total_macs"]) < PROBE_AUTO_MACS and not job_manager().active()
+    if not (cheap or probe_args in probed):
+        if not cols[2].button("Measure this device's speed", key="train-probe", icon=":material/speed:"):
+            cols[3].caption("The speed probe waits for a click while a job runs or for large models.")
+            return
+    probed.add(probe_args)
+    try:
+        per_step, per_image = speed_probe(*probe_args)
+    except (VGGError, RuntimeError) as error:
+        show_error(error)
+        return
+    steps = math.ceil(n_train / cfg.batch_size)
+    epoch_s = steps * per_step + n_train * per_image + n_val * per_image / 3
+    cols[2].metric("Seconds per epoch", format_seconds(epoch_s),
+                   help=f"Speed probe on this device: {format_si(3 * totals['total_macs'] / per_image)} "
+                        f"multiply-adds/s, plus {per_step:.2f} s per step for the optimizer's update "
+                        f"({steps} steps per epoch)")
+    cols[3].metric(f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}", format_seconds(epoch_s * cfg.epochs))
+
+
+def curves(snap: JobSnapshot, smoothing: float) -> tuple[go.Figure, go.Figure]:
+    steps = [e for e in snap.history if isinstance(e, StepEvent)]
+    epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
+    starts = [s.step for prev, s in zip(steps, steps[1:]) if s.epoch != prev.epoch]
+    step_fig = figures.step_curves_figure([s.step for s in steps], [s.loss for s in steps],
+                                          [s.accuracy for s in steps], [s.lr for s in steps],
+                                          smoothing=smoothing, epoch_starts=starts)
+    epoch_fig = figures.epoch_curves_figure([e.epoch for e in epochs], [e.train_loss for e in epochs],
+                                            [e.val_loss for e in epochs], [e.train_accuracy for e in epochs],
+                                            [e.val_accuracy for e in epochs])
+    return step_fig, epoch_fig
+
+
+def train_config(snap: JobSnapshot) -> TrainConfig | None:
+    """The job's config: remembered by this session, else read from its run folder."""
+    cfg = job_config(JOB, snap.id)
+    run_id = snap.extra.get("run_id")
+    if cfg is None and run_id:
+        try:
+            cfg = TrainConfig.from_dict(run_store().get(run_id).config)
+        except (VGGError, TypeError, KeyError):
+            return None
+    return cfg
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def prediction_images(snap: JobSnapshot, event: EpochEvent) -> tuple[list[bytes], list[str]] | None:
+    """The epoch's sample predictions as bordered images (green right, red wrong) with captions."""
+    cfg = train_config(snap)
+    splits = data_registry().peek(cfg.data) if cfg is not None else None
+    if splits is None or not event.samples:
+        return None
+    images: list[bytes] = []
+    captions: list[str] = []
+    for s in event.samples:
+        img = splits.val.images[s.index].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
+        img = img.repeat(max(1, 64 // img.shape[0]), 0).repeat(max(1, 64 // img.shape[1]), 1)
+        ok = s.true == s.predicted
+        border = np.array((40, 160, 60) if ok else (210, 40, 40), dtype=np.uint8)
+        framed = np.empty((img.shape[0] + 8, img.shape[1] + 8, 3), dtype=np.uint8)
+        framed[:] = border
+        framed[4:-4, 4:-4] = img
+        images.append(png(framed))
+        true, pred = splits.classes[s.true], splits.classes[s.predicted]
+        captions.append(f"✓ {pred} {s.confidence:.0%}" if ok else f"✗ {pred} {s.confidence:.0%} (is {true})")
+    return images, captions
+
+
+def live_view(first: JobSnapshot) -> None:
+    @st.fragment(run_every=poll_interval([first]))
+    def live() -> None:
+        try:
+            snap = job_manager().snapshot(first.id)
+        except UnknownJobError:
+            st.rerun(scope="app")
+        rerun_when_finished("train", [snap])
+        job_header(snap, stop_key="train-stop")
+        for other in others_active("train", snap.id):
+            st.caption(f"Also queued or running: {other.title} ({other.status.value}, {other.progress:.0%}).")
+        steps = [e for e in snap.history[-20:] if isinstance(e, StepEvent)]
+        if steps:
+            cols = st.columns(4)
+            cols[0].metric("Images/s", f"{np.mean([s.images_per_second for s in steps[-10:]]):.0f}")
+            cols[1].metric("Epoch", steps[-1].epoch)
+            cols[2].metric("Images seen", f"{steps[-1].images_seen:,}")
+            cols[3].metric("Loss (last step)", f"{steps[-1].loss:.3f}")
+        smoothing = st.slider("Smoothing", 0.0, 0.99, 0.6, key="train-smoothing")
+        step_fig, epoch_fig = cached_figure("train", snap, lambda: curves(snap, smoothing), smoothing)
+        st.plotly_chart(step_fig, key="train-steps")
+        st.plotly_chart(epoch_fig, key="train-epochs-chart")
+        epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
+        if epochs:
+            grid = cached("train-grid", (snap.id, len(epochs)), lambda: prediction_images(snap, epochs[-1]))
+            if grid is not None:
+                st.markdown(f"**Validation predictions after epoch {epochs[-1].epoch}** "
+                            "(green: right, red: wrong; the percentage is the model's confidence)")
+                st.image(grid[0], caption=grid[1], width=88)
+
+    live()
+
+
+def finished(snap: JobSnapshot) -> None:
+    """Outcome of a finished run, with the way to the Evaluate page."""
+    describe_job_error(snap)
+    result = snap.result
+    if result is None or not hasattr(result, "best_val_accuracy"):
+        return
+    cols = st.columns(4)
+    cols[0].metric("Status", result.status)
+    cols[1].metric("Best validation accuracy", "—" if result.best_val_accuracy is None else f"{result.best_val_accuracy:.1%}")
+    cols[2].metric("Test accuracy", "—" if result.test_accuracy is None else f"{result.test_accuracy:.1%}")
+    cols[3].metric("Time", format_seconds(result.seconds), help=f"{result.images_per_second:.0f} images/s")
+    run_id = snap.extra.get("run_id") or result.run_id
+    if run_id:
+        if st.session_state.get("_chosen_from_job") != snap.id:  # once, so a later choice there sticks
+            st.session_state["chosen_run"] = run_id
+            st.session_state["_chosen_from_job"] = snap.id
+        st.caption(f"Run `{run_id}` is saved; the Evaluate page opens it.")
+        page_link("pages/evaluate.py", "Evaluate this run", icon=":material/fact_check:")
+
+
+st.title("Train")
+lesson("intro")
+data = current_data()
+st.caption(f"Data set: {data_label(data)} (change it on the Data page).")
+train_tab, lessons_tab = st.tabs(["Training", "Lessons"])
+with train_tab:
+    with st.container(border=True):
+        cfg, usable = settings_ui()
+    if cfg is not None:
+        cost_ui(cfg)
+    if st.button("Start training", type="primary", key="train-start", icon=":material/play_arrow:",
+                 disabled=cfg is None or not usable):
+        title = (f"Training · {cfg.config}{'-BN' if cfg.batch_norm else ''} · {cfg.init.split(':')[0]} · "
+                 f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}")
+        submit_job("train", title, train_task(cfg, data_registry(), run_store()), config_key("train", cfg), JOB,
+                   config=cfg)
+    snap = watched_job("train", JOB)
+    if snap is None:
+        st.info("No training yet: choose the settings and press Start.", icon=":material/info:")
+    else:
+        live_view(snap)
+        if snap.finished:
+            finished(snap)
+
+with lessons_tab:
+    lesson("one_cycle")
+    cols = st.columns(3)
+    peak = cols[0].number_input("Peak lr", 1e-6, 10.0, 1e-3, format="%.1e", key="lesson-peak")
+    where = cols[1].slider("Where in the run (%)", 0, 100, 25, key="lesson-progress") / 100
+    compare = cols[2].toggle("Constant vs one-cycle", key="lesson-constant")
+    progress = [i / 200 for i in range(201)]
+    st.plotly_chart(figures.lr_schedule_figure(progress, [peak * onecycle_factor(p) for p in progress],
+                                               constant=peak / 2 if compare else None, marker=where))
+    if compare:
+        lesson("constant_vs_one_cycle")
+    lesson("discriminative")
+    ratio = st.slider("Feature LR ratio", 0.01, 1.0, 0.1, key="lesson-ratio")
+    st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, convolutional layers **{peak * ratio:.1e}**.")
+    lesson("freezing")
+    lesson("batch_epochs")
+    cols = st.columns(3)
+    n = cols[0].number_input("Training images", 1, 10_000_000, 4500, key="lesson-images")
+    bs = cols[1].select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], 128, key="lesson-batch")
+    ep = cols[2].number_input("Epochs", 1, 1000, 2, key="lesson-epochs")
+    st.markdown(f"{math.ceil(n / bs):,} steps per epoch, **{math.ceil(n / bs) * ep:,} optimizer steps** in all; "
+                f"each image is seen {ep} time{'s' if ep > 1 else ''}.")

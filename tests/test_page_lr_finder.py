@@ -1,0 +1,131 @@
+"""The LR finder page in AppTest: defaults, refused settings, a range test run to its suggestions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui.common import job_manager
+from vgg.data import DataConfig
+from vgg.jobs import JobStatus
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "lr_finder.py")
+SMALL_DATA = DataConfig(source="synthetic", input_size=32, images_per_class=20)
+DEADLINE_S = 240.0  # a loaded 2-core machine; a quiet one needs a fraction of this
+
+
+@pytest.fixture
+def at() -> AppTest:
+    app = AppTest.from_file(PAGE, default_timeout=120)
+    app.session_state["data_config"] = SMALL_DATA
+    yield app
+    jobs = job_manager()
+    for snap in jobs.active():
+        jobs.cancel(snap.id)
+    for snap in jobs.snapshots():
+        jobs.wait(snap.id, timeout=60)
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [str(e.value) for e in at.get(kind)]
+
+
+def run_until(at: AppTest, done, what: str) -> None:
+    """Rerun (AppTest fires no run_every timers) until ``done(at)`` or the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not done(at):
+        assert not at.exception, at.exception
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; errors: {texts(at, 'error')}"
+        time.sleep(0.5)
+        at.run()
+
+
+def chart_points(at: AppTest) -> int:
+    """Points of the live curve (the first chart: the Lessons tab comes after it)."""
+    return len(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["x"])
+
+
+def test_defaults_are_the_notebooks(at: AppTest) -> None:
+    at.run()
+    assert not at.exception
+    values = {key: at.number_input(key=key).value for key in
+              ("lrf-start-lr", "lrf-end-lr", "lrf-num-iter", "lrf-smooth", "lrf-diverge", "lrf-skip-start",
+               "lrf-skip-end", "lrf-batch")}
+    assert values == {"lrf-start-lr": 1e-7, "lrf-end-lr": 10.0, "lrf-num-iter": 100, "lrf-smooth": 0.05,
+                      "lrf-diverge": 5.0, "lrf-skip-start": 10, "lrf-skip-end": 5, "lrf-batch": 128}
+    assert at.selectbox(key="lrf-config").value == "A" and at.toggle(key="lrf-bn").value is True
+    assert at.radio(key="lrf-init").value == "scratch"
+    assert at.selectbox(key="lrf-freeze").disabled  # nothing to freeze in a random network
+    assert not at.button(key="lrf-start").disabled
+    assert "synthetic · 32 px, 20/class" in " ".join(texts(at, "caption"))
+
+
+def test_refused_settings_show_the_reason_and_disable_start(at: AppTest) -> None:
+    at.run()
+    at.number_input(key="lrf-end-lr").set_value(1e-8).run()
+    assert any("end_lr must be > start_lr" in e for e in texts(at, "error")), texts(at, "error")
+    assert at.button(key="lrf-start").disabled
+    at.number_input(key="lrf-end-lr").set_value(10.0)
+    at.number_input(key="lrf-batch").set_value(0).run()
+    assert any("batch size 0 is out of range" in e for e in texts(at, "error")), texts(at, "error")
+    assert at.button(key="lrf-start").disabled
+
+
+def test_imagenet_without_cached_weights_names_file_and_folder(at: AppTest, isolated_dirs) -> None:
+    at.run()
+    at.radio(key="lrf-init").set_value("imagenet").run()
+    [warning] = texts(at, "warning")
+    assert "ImageNet weights not available offline" in warning
+    assert "vgg11_bn-" in warning and str(isolated_dirs["TORCH_HOME"]) in warning
+    assert at.button(key="lrf-start").disabled
+    assert not at.exception
+
+
+def test_range_test_runs_live_and_its_suggestion_goes_to_train(at: AppTest) -> None:
+    at.run()
+    at.number_input(key="lrf-num-iter").set_value(10)
+    at.number_input(key="lrf-batch").set_value(16)
+    at.run()
+    at.button(key="lrf-start").click().run()
+    at.button(key="lrf-start").click().run()  # a second click while it runs starts nothing new
+    assert len(job_manager().snapshots(kind="lr_find")) == 1
+    assert any("running" in m or "queued" in m for m in texts(at, "markdown"))
+
+    run_until(at, lambda a: any(b.key == "lrf-use-valley" for b in a.button), "the suggestions")
+    assert not texts(at, "error")
+    assert chart_points(at) >= 3
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["xaxis"]["type"] == "log"
+    assert {t["name"] for t in spec["data"]} >= {"batch loss", "smoothed"}
+    assert "Weights restored" in " ".join(texts(at, "success"))
+    valley = next(m for m in at.metric if m.label.startswith("Valley"))
+    assert valley.value != "—"
+
+    at.button(key="lrf-use-valley").click().run()
+    chosen = at.session_state["chosen_lr"]
+    assert f"{chosen:.2e}" == valley.value
+    assert any(f"{chosen:.2e}" in s for s in texts(at, "success"))
+    assert any("Train" in m for m in texts(at, "markdown"))  # where to go next
+
+
+def test_full_queue_is_refused_with_a_message(at: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    monkeypatch.setenv("VGG_MAX_QUEUE", "0")
+    st.cache_resource.clear()  # a job manager that queues nothing
+    at.run()
+    at.number_input(key="lrf-num-iter").set_value(50)
+    at.number_input(key="lrf-batch").set_value(8)
+    at.run()
+    at.button(key="lrf-start").click().run()
+    at.number_input(key="lrf-num-iter").set_value(51).run()  # other settings: a second job
+    at.button(key="lrf-start").click().run()
+    assert any("the queue is full" in e for e in texts(at, "error")), texts(at, "error")
+    assert len(job_manager().snapshots(kind="lr_find")) == 1
+    at.button(key="lrf-stop").click().run()
+    first = job_manager().snapshots(kind="lr_find")[0]
+    assert job_manager().wait(first.id, timeout=120).status is JobStatus.CANCELLED

@@ -1,0 +1,125 @@
+"""The Train page in AppTest: CPU-friendly defaults, refused values, a short run to the end, Stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui.common import job_manager, run_store
+from vgg.jobs import JobStatus
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "train.py")
+DEADLINE_S = 240.0  # a loaded 2-core machine; a quiet one needs a fraction of this
+
+
+@pytest.fixture
+def at() -> AppTest:
+    app = AppTest.from_file(PAGE, default_timeout=180)
+    yield app
+    jobs = job_manager()
+    for snap in jobs.active():
+        jobs.cancel(snap.id)
+    for snap in jobs.snapshots():
+        jobs.wait(snap.id, timeout=60)
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [str(e.value) for e in at.get(kind)]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def badges(at: AppTest) -> str:
+    return " ".join(m for m in texts(at, "markdown") if "-badge[" in m)
+
+
+def run_until(at: AppTest, done, what: str) -> None:
+    """Rerun (AppTest fires no run_every timers) until ``done(at)`` or the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not done(at):
+        assert not at.exception, at.exception
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; errors: {texts(at, 'error')}"
+        time.sleep(0.5)
+        at.run()
+
+
+def small_run(at: AppTest, *, images: int, epochs: int) -> None:
+    at.number_input(key="train-ipc").set_value(images)
+    at.number_input(key="train-epochs").set_value(epochs)
+    at.number_input(key="train-batch").set_value(16)
+    at.run()
+    assert not texts(at, "error")
+
+
+def test_defaults_are_cpu_friendly_with_a_cost_estimate(at: AppTest) -> None:
+    at.session_state["chosen_lr"] = 3e-4  # picked on the LR finder page
+    at.run()
+    assert not at.exception and not texts(at, "error")
+    assert at.selectbox(key="train-config").value == "A" and at.toggle(key="train-bn").value is True
+    assert at.radio(key="train-init").value == "scratch"
+    values = {k: at.number_input(key=k).value for k in ("train-ipc", "train-size", "train-epochs", "train-batch",
+                                                        "train-lr", "train-ratio-scratch", "train-seed")}
+    assert values == {"train-ipc": 500, "train-size": 32, "train-epochs": 2, "train-batch": 128,
+                      "train-lr": 3e-4, "train-ratio-scratch": 1.0, "train-seed": 0}
+    assert at.selectbox(key="train-optimizer").value == "adam"
+    assert at.selectbox(key="train-schedule").value == "onecycle"
+    assert at.selectbox(key="train-freeze").disabled
+    cost = metrics(at)
+    assert cost["Multiply-adds per epoch"].endswith(("G", "T"))
+    assert cost["Memory (estimate)"].endswith(("MiB", "GiB"))
+    assert cost["Seconds per epoch"][0].isdigit() and cost["2 epochs"][0].isdigit()
+    assert not at.button(key="train-start").disabled
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train-lr", 0.0, "learning rate 0.0 is out of range"),
+    ("train-lr", 50.0, "learning rate 50.0 is out of range"),
+    ("train-ipc", 0, "images per class 0 is out of range"),
+    ("train-epochs", 1_000_000, "epochs 1000000 is out of range"),
+    ("train-batch", 0, "batch size 0 is out of range"),
+    ("train-size", 16, "input size 16 is out of range"),
+])
+def test_out_of_range_values_are_refused_with_a_message(at: AppTest, key: str, value: float, message: str) -> None:
+    at.run()
+    at.number_input(key=key).set_value(value).run()
+    assert any(message in e for e in texts(at, "error")), texts(at, "error")
+    assert at.button(key="train-start").disabled
+    assert not at.exception
+
+
+def test_short_run_trains_live_and_ends_with_test_accuracy(at: AppTest) -> None:
+    at.run()
+    small_run(at, images=20, epochs=1)
+    at.button(key="train-start").click().run()
+    at.button(key="train-start").click().run()  # idempotent: the second click starts nothing
+    assert len(job_manager().snapshots(kind="train")) == 1
+
+    run_until(at, lambda a: "Test accuracy" in metrics(a), "the end of the run")
+    assert ":green-badge[done]" in badges(at)
+    result = metrics(at)
+    assert result["Status"] == "done" and result["Test accuracy"].endswith("%")
+    steps = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(steps["data"][0]["x"]) >= 2  # per-step loss
+    epochs = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert [t["name"] for t in epochs["data"][:2]] == ["training", "validation"]
+    assert len(at.get("image")[0].proto.imgs) == 16  # the validation predictions grid
+    run_id = at.session_state["chosen_run"]
+    assert run_store().get(run_id).status == "done"
+
+
+def test_stop_cancels_the_run(at: AppTest) -> None:
+    at.run()
+    small_run(at, images=40, epochs=3)
+    at.button(key="train-start").click().run()
+    run_until(at, lambda a: any(b.key == "train-stop" for b in a.button), "the Stop button")
+    at.button(key="train-stop").click().run()
+    run_until(at, lambda a: ":orange-badge[cancelled]" in badges(a), "the cancelled status")
+    [snap] = job_manager().snapshots(kind="train")
+    assert snap.status is JobStatus.CANCELLED
+    assert not at.exception

@@ -1,0 +1,218 @@
+"""The training engine: configuration, schedule, run folders, cancel, divergence, transfer."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from vgg import train as train_mod
+from vgg.data import DataConfig, load_data, subset_classes
+from vgg.errors import ConfigError
+from vgg.lr_finder import LRFinderConfig
+from vgg.model import build_vgg
+from vgg.runs import RunStore
+from vgg.train import (
+    EpochEvent,
+    HeadOnly,
+    StepEvent,
+    TrainConfig,
+    Trainer,
+    find_lr_for,
+    fit,
+    onecycle_factor,
+    prepare_model,
+)
+
+TINY = DataConfig(source="synthetic", input_size=32, images_per_class=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_splits():
+    return load_data(TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_splits):
+    """One tiny run (synthetic, 20 images per class, 1 epoch) shared by the tests below."""
+    store = RunStore(tmp_path_factory.mktemp("runs"))
+    events: list = []
+    cfg = TrainConfig(data=TINY, epochs=1, batch_size=64)
+    result = fit(cfg, store=store, splits=tiny_splits, on_event=events.append)
+    return store, result, events
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"lr": 0.0}, "learning rate 0.0"),
+        ({"lr": -1e-3}, "learning rate"),
+        ({"lr": 11.0}, "learning rate 11.0"),
+        ({"batch_size": 0}, "batch size 0"),
+        ({"epochs": 1_000_000}, "epochs 1000000"),
+        ({"input_size": 16}, "input size 16"),
+        ({"config": "Z"}, "unknown configuration 'Z'"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+        ({"init": "scratch", "freeze": "features"}, "needs pretrained weights"),
+        ({"init": "weights.bin"}, "unknown init"),
+    ],
+)
+def test_out_of_range_settings_are_refused_with_a_message(changes, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")) as info:
+        TrainConfig(data=TINY, **changes)
+    assert "\n" not in str(info.value)
+
+
+def test_zero_images_per_class_is_refused():
+    with pytest.raises(ConfigError, match="images"):
+        DataConfig(source="synthetic", images_per_class=0)
+
+
+def test_discriminative_ratio_defaults_follow_the_start():
+    assert TrainConfig(data=TINY).effective_lr_ratio == 1.0
+    assert TrainConfig(data=TINY, init="imagenet").effective_lr_ratio == 0.1
+    assert TrainConfig(data=TINY, init="imagenet", lr_ratio=0.5).effective_lr_ratio == 0.5
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = TrainConfig(data=TINY, lr=3e-4, epochs=3, time_budget_s=60.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_onecycle_schedule_values():
+    assert onecycle_factor(0.0) == pytest.approx(1 / 25)
+    assert onecycle_factor(0.25) == pytest.approx(1.0)
+    assert onecycle_factor(1.0) == pytest.approx(1 / (25 * 1e4))
+    # cosine warm-up: halfway up at half the warm-up
+    assert onecycle_factor(0.125) == pytest.approx((1 + 1 / 25) / 2)
+    values = [onecycle_factor(i / 100) for i in range(101)]
+    peak = values.index(max(values))
+    assert all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
+
+
+def test_fit_writes_a_complete_run_folder(tiny_run, tiny_splits):
+    store, result, events = tiny_run
+    assert result.status == "done"
+    info = store.get(result.run_id)
+    assert info.status == "done"
+    assert info.config["classes"] == list(tiny_splits.classes)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    assert len(steps) == result.steps == math.ceil(len(tiny_splits.train) / 64)
+    assert len(epochs) == 1 and epochs[0].is_best
+    metrics = store.metrics(result.run_id)
+    assert (metrics["kind"] == "step").sum() == result.steps
+    assert (metrics["kind"] == "epoch").sum() == 1
+    assert result.test_accuracy is not None and 0.0 <= result.test_accuracy <= 1.0
+    # the best checkpoint loads into a fresh torchvision-layout model, strictly
+    ckpt = store.load_checkpoint(result.run_id, "best")
+    model = build_vgg("A", batch_norm=True, num_classes=len(tiny_splits.classes))
+    model.load_state_dict(ckpt["model"], strict=True)
+    assert ckpt["meta"]["classes"] == list(tiny_splits.classes)
+    preds = store.load_predictions(result.run_id)
+    assert preds["probabilities"].shape == (len(tiny_splits.test), len(tiny_splits.classes))
+
+
+def test_cancel_takes_effect_within_two_seconds(tiny_splits):
+    cfg = TrainConfig(data=TINY, epochs=50, batch_size=32)
+    cancel = threading.Event()
+    first_step = threading.Event()
+    steps_after_cancel: list[float] = []
+
+    def on_event(e):
+        if isinstance(e, StepEvent):
+            if cancel.is_set():
+                steps_after_cancel.append(time.perf_counter())
+            first_step.set()
+
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.setdefault("r", fit(cfg, splits=tiny_splits, on_event=on_event,
+                                                                      cancel=cancel)))
+    worker.start()
+    assert first_step.wait(120)
+    t_cancel = time.perf_counter()
+    cancel.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert out["r"].status == "cancelled"
+    # at most the step in flight finishes after the cancel
+    assert len(steps_after_cancel) <= 1
+    stopped = steps_after_cancel[-1] if steps_after_cancel else t_cancel
+    assert stopped - t_cancel < 2.0
+
+
+def test_a_nan_loss_stops_the_run_as_diverged(tmp_path, tiny_splits, monkeypatch):
+    real_step = train_mod.train_step
+    calls = {"n": 0}
+
+    def flaky_step(*args, **kwargs):
+        calls["n"] += 1
+        loss, correct = real_step(*args, **kwargs)
+        return (float("nan") if calls["n"] == 2 else loss), correct
+
+    monkeypatch.setattr(train_mod, "train_step", flaky_step)
+    store = RunStore(tmp_path)
+    result = fit(TrainConfig(data=TINY, epochs=2, batch_size=32), store=store, splits=tiny_splits)
+    assert result.status == "diverged"
+    assert "step 2" in result.message
+    assert store.get(result.run_id).status == "diverged"
+
+
+def test_time_budget_stops_training(tiny_splits):
+    cfg = TrainConfig(data=TINY, epochs=100, batch_size=32, time_budget_s=1.0)
+    t = time.perf_counter()
+    result = fit(cfg, splits=tiny_splits)
+    assert result.status == "done" and result.message == "time budget reached"
+    assert result.epochs_done < 100
+    assert time.perf_counter() - t < 60
+
+
+def test_transfer_from_an_earlier_run_gets_a_new_head(tiny_run, tiny_splits):
+    store, first, _ = tiny_run
+    other = subset_classes(tiny_splits, tiny_splits.classes[:4])
+    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze="features")
+    prepared = prepare_model(cfg, tuple(other.classes), other.mean, other.std, runs_root=store.root)
+    assert prepared.model.classifier[6].out_features == 4
+    # everything but the head comes from the earlier run
+    ckpt = store.load_checkpoint(first.run_id, "best")["model"]
+    state = prepared.model.state_dict()
+    assert torch.equal(state["features.0.weight"], ckpt["features.0.weight"])
+    assert torch.equal(state["classifier.3.weight"], ckpt["classifier.3.weight"])
+    # normalisation comes from the earlier run, as its features expect
+    assert prepared.mean == tuple(store.get(first.run_id).config["mean"])
+
+
+def test_frozen_features_are_computed_once_and_match_the_full_model(tiny_run, tiny_splits):
+    store, first, _ = tiny_run
+    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze="features", augment=False, epochs=1)
+    prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std,
+                             runs_root=store.root)
+    trainer = Trainer(cfg, tiny_splits, prepared)
+    assert isinstance(trainer.net, HeadOnly)
+    assert trainer.splits.train.images.shape[1:] == (512, 1, 1)
+    assert isinstance(trainer.pipeline, train_mod.FeaturePipeline)
+    model = prepared.model.eval()
+    x = train_mod.BatchPipeline(prepared.mean, prepared.std, prepared.device, 32, False)(
+        tiny_splits.val.images[:8], None)
+    with torch.no_grad():
+        full = model(x)
+        head = trainer.net.eval()(trainer.splits.val.images[:8])
+    torch.testing.assert_close(head, full, rtol=1e-4, atol=1e-5)
+    result = trainer.fit()
+    assert result.status == "done" and result.steps > 0
+
+
+def test_lr_range_test_uses_the_training_step_and_restores_weights(tiny_splits):
+    cfg = TrainConfig(data=TINY, batch_size=32)
+    seen = []
+    result = find_lr_for(cfg, LRFinderConfig(num_iter=6, skip_start=0, skip_end=0), splits=tiny_splits,
+                         on_step=seen.append)
+    assert result.restored
+    assert len(seen) == len(result.lrs) >= 2
+    assert result.lrs[0] == pytest.approx(1e-7)

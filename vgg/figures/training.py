@@ -1,0 +1,192 @@
+"""Figures of the LR finder and Train pages: plain numbers in, plotly figures out.
+
+The live pages rebuild these only when a job's snapshot changed, so each builder is a pure
+function of lists of floats (no torch, no streamlit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+RAW_COLOR = "rgba(76, 120, 168, 0.35)"
+SMOOTH_COLOR = "#4c78a8"
+TRAIN_COLOR = "#4c78a8"
+VAL_COLOR = "#f58518"
+LR_COLOR = "#54a24b"
+MARK_COLORS: dict[str, str] = {"steepest": "#e45756", "valley": "#54a24b", "min_div10": "#b279a2"}
+MARK_SYMBOLS: dict[str, str] = {"steepest": "diamond", "valley": "star", "min_div10": "triangle-down"}
+MARK_TEXT: dict[str, str] = {"steepest": "top right", "valley": "top left", "min_div10": "bottom center"}
+MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+LEGEND = {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"}
+
+
+def ema(values: Sequence[float], smoothing: float) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's slider): 0 returns ``values``, 0.99 is very smooth.
+
+    Non-finite values are passed through and left out of the average.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+    out: list[float] = []
+    last, weight = 0.0, 0.0
+    for value in map(float, values):
+        if not math.isfinite(value):
+            out.append(value)
+            continue
+        last = smoothing * last + (1.0 - smoothing) * value
+        weight = smoothing * weight + (1.0 - smoothing)
+        out.append(last / weight)
+    return out
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def lr_finder_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    *,
+    marks: Sequence[tuple[str, float, float]] = (),
+    lr_range: tuple[float, float] | None = None,
+    skip_start: int = 0,
+    skip_end: int = 0,
+    title: str = "Loss against learning rate",
+) -> go.Figure:
+    """The range test's curve: raw batch losses (faint) and the smoothed loss, log-scale lr.
+
+    ``marks`` are ``(rule, lr, loss)`` suggestions drawn as labelled markers; ``lr_range`` fixes the
+    x axis (start_lr, end_lr) so a growing curve fills it left to right; the points the suggestions
+    skipped (``skip_start`` first, ``skip_end`` last; pass 0 when nothing was trimmed) are shaded.
+    """
+    fig = go.Figure()
+    fig.add_scatter(x=list(lrs), y=list(losses), mode="lines+markers", name="batch loss",
+                    line={"color": RAW_COLOR, "width": 1}, marker={"size": 4, "color": RAW_COLOR},
+                    hovertemplate="lr %{x:.2e}<br>loss %{y:.3f}<extra>batch</extra>")
+    fig.add_scatter(x=list(lrs), y=list(smoothed), mode="lines", name="smoothed",
+                    line={"color": SMOOTH_COLOR, "width": 3},
+                    hovertemplate="lr %{x:.2e}<br>smoothed %{y:.3f}<extra></extra>")
+    for rule, lr, loss in marks:
+        fig.add_scatter(x=[lr], y=[loss], mode="markers+text", name=rule, text=[f"{rule} {lr:.1e}"],
+                        textposition=MARK_TEXT.get(rule, "top center"),
+                        marker={"size": 14, "color": MARK_COLORS.get(rule, "#333"),
+                                "symbol": MARK_SYMBOLS.get(rule, "circle"), "line": {"width": 1, "color": "#fff"}},
+                        hovertemplate=f"{rule}<br>lr %{{x:.2e}}<br>loss %{{y:.3f}}<extra></extra>")
+    n = len(lrs)
+    if n:
+        if 0 < skip_start < n:
+            fig.add_vrect(x0=lrs[0], x1=lrs[skip_start], fillcolor="#999", opacity=0.12, line_width=0,
+                          annotation_text="skipped", annotation_position="top left")
+        if 0 < skip_end < n:
+            fig.add_vrect(x0=lrs[n - skip_end - 1], x1=lrs[-1], fillcolor="#999", opacity=0.12, line_width=0)
+    xaxis: dict[str, object] = {"type": "log", "title": "learning rate (log scale)", "exponentformat": "power"}
+    if lr_range is not None:  # wide enough for every mark (min ÷ 10 can fall left of start_lr)
+        low_lr = min([lr_range[0], *(lr / 1.5 for _, lr, _ in marks if lr > 0)])
+        xaxis["range"] = [math.log10(low_lr), math.log10(lr_range[1])]
+    yaxis: dict[str, object] = {"title": "loss"}
+    low, high = _finite(losses), _finite(smoothed)
+    if low and high:  # a diverging tail would squash the interesting part: clip to the smoothed curve
+        bottom = min(min(low), min(high))
+        top = max(high)
+        pad = 0.08 * (top - bottom or 1.0)
+        yaxis["range"] = [bottom - pad, top + pad]
+    fig.update_layout(title=title, height=420, margin=MARGIN, legend=LEGEND, xaxis=xaxis, yaxis=yaxis,
+                      uirevision="lr-finder")
+    return fig
+
+
+def step_curves_figure(
+    steps: Sequence[int],
+    losses: Sequence[float],
+    accuracies: Sequence[float],
+    lrs: Sequence[float],
+    *,
+    smoothing: float = 0.6,
+    epoch_starts: Sequence[int] = (),
+) -> go.Figure:
+    """Per-step training loss and accuracy (raw faint, EMA bold) and the learning rate, side by side.
+
+    ``epoch_starts`` are the steps where a new epoch began (dotted lines).
+    """
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "training accuracy (batch)",
+                                                        "learning rate"), horizontal_spacing=0.07)
+    x = list(steps)
+    for col, values, name in ((1, losses, "loss"), (2, accuracies, "accuracy")):
+        fig.add_scatter(x=x, y=list(values), mode="lines", name=f"{name} per step", showlegend=False,
+                        line={"color": RAW_COLOR, "width": 1}, row=1, col=col)
+        fig.add_scatter(x=x, y=ema(values, smoothing), mode="lines", name=f"{name} (smoothed)",
+                        showlegend=False, line={"color": SMOOTH_COLOR, "width": 2.5}, row=1, col=col)
+    fig.add_scatter(x=x, y=list(lrs), mode="lines", name="lr", showlegend=False,
+                    line={"color": LR_COLOR, "width": 2}, row=1, col=3)
+    for step in epoch_starts:
+        for col in (1, 2, 3):
+            fig.add_vline(x=step, line={"dash": "dot", "color": "#aaa", "width": 1}, row=1, col=col)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=2)
+    fig.update_yaxes(exponentformat="e", row=1, col=3)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=300, margin=MARGIN, uirevision="steps")
+    return fig
+
+
+def epoch_curves_figure(
+    epochs: Sequence[int],
+    train_loss: Sequence[float],
+    val_loss: Sequence[float],
+    train_accuracy: Sequence[float],
+    val_accuracy: Sequence[float],
+) -> go.Figure:
+    """Per-epoch training against validation: loss (left) and accuracy (right)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss per epoch", "accuracy per epoch"),
+                        horizontal_spacing=0.08)
+    x = list(epochs)
+    for col, train, val in ((1, train_loss, val_loss), (2, train_accuracy, val_accuracy)):
+        fig.add_scatter(x=x, y=list(train), mode="lines+markers", name="training", legendgroup="train",
+                        showlegend=col == 1, line={"color": TRAIN_COLOR}, row=1, col=col)
+        fig.add_scatter(x=x, y=list(val), mode="lines+markers", name="validation", legendgroup="val",
+                        showlegend=col == 1, line={"color": VAL_COLOR}, row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=2)
+    fig.update_layout(height=300, margin=MARGIN, legend=LEGEND, uirevision="epochs")
+    return fig
+
+
+def lr_schedule_figure(
+    progress: Sequence[float],
+    onecycle: Sequence[float],
+    *,
+    constant: float | None = None,
+    marker: float | None = None,
+    title: str = "Learning rate over the run",
+) -> go.Figure:
+    """One-cycle learning rate against the fraction of the run, with a constant lr for comparison."""
+    fig = go.Figure()
+    x = [100.0 * p for p in progress]
+    fig.add_scatter(x=x, y=list(onecycle), mode="lines", name="one-cycle", line={"color": LR_COLOR, "width": 3},
+                    hovertemplate="%{x:.0f} %% of the run<br>lr %{y:.2e}<extra>one-cycle</extra>")
+    if constant is not None:
+        fig.add_scatter(x=[x[0], x[-1]], y=[constant, constant], mode="lines", name="constant",
+                        line={"color": "#888", "dash": "dash", "width": 2})
+    if marker is not None and progress:
+        i = min(range(len(progress)), key=lambda j: abs(progress[j] - marker))
+        fig.add_scatter(x=[x[i]], y=[onecycle[i]], mode="markers+text", name="now", text=[f"{onecycle[i]:.1e}"],
+                        textposition="top right", marker={"size": 12, "color": "#e45756"})
+    fig.update_layout(title=title, height=320, margin=MARGIN, legend=LEGEND,
+                      xaxis={"title": "% of the run", "range": [0, 100]},
+                      yaxis={"title": "learning rate", "exponentformat": "e", "rangemode": "tozero"})
+    return fig
+
+
+def range_test_schedule_figure(lrs: Sequence[float]) -> go.Figure:
+    """The learning rate of each iteration of a range test (geometric, so a line on a log axis)."""
+    fig = go.Figure()
+    fig.add_scatter(x=list(range(len(lrs))), y=list(lrs), mode="lines+markers", marker={"size": 4},
+                    line={"color": LR_COLOR}, hovertemplate="iteration %{x}<br>lr %{y:.2e}<extra></extra>")
+    fig.update_layout(title="Learning rate of each batch in the range test", height=280, margin=MARGIN,
+                      xaxis={"title": "iteration"},
+                      yaxis={"title": "learning rate (log scale)", "type": "log", "exponentformat": "power"})
+    return fig
