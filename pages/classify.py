@@ -53,11 +53,19 @@ def classify(data: bytes, name: str, run_id: str, mtime: float, with_imagenet: b
     heatmap = inference.grad_cam(loaded, img)
     imagenet = None
     if with_imagenet:
-        imagenet = inference.imagenet_top5(img, loaded.config, loaded.batch_norm,
-                                           model=cached_imagenet(loaded.config, loaded.batch_norm))
-    return {"image": np.asarray(shown), "size": img.size, "top": prediction.top, "unsure": prediction.unsure,
-            "resized": steps["resized"], "normalised": steps["normalised"].numpy(),
-            "overlay": np.asarray(inference.overlay_heatmap(shown, heatmap)), "imagenet": imagenet}
+        imagenet = inference.imagenet_top5(
+            img, loaded.config, loaded.batch_norm, model=cached_imagenet(loaded.config, loaded.batch_norm)
+        )
+    return {
+        "image": np.asarray(shown),
+        "size": img.size,
+        "top": prediction.top,
+        "unsure": prediction.unsure,
+        "resized": steps["resized"],
+        "normalised": steps["normalised"].numpy(),
+        "overlay": np.asarray(inference.overlay_heatmap(shown, heatmap)),
+        "imagenet": imagenet,
+    }
 
 
 def run_ui() -> RunInfo | None:
@@ -69,20 +77,28 @@ def run_ui() -> RunInfo | None:
     ids = [r.run_id for r in runs]
     chosen = st.session_state.get("chosen_run")
     by_id = {r.run_id: r for r in runs}
-    run_id = st.selectbox("Run", ids, index=ids.index(chosen) if chosen in by_id else 0, key="classify_run",
-                          format_func=lambda i: f"{i} · {by_id[i].status}")
+    run_id = st.selectbox(
+        "Run",
+        ids,
+        index=ids.index(chosen) if chosen in by_id else 0,
+        key="classify_run",
+        format_func=lambda i: f"{i} · {by_id[i].status}",
+    )
     st.session_state["chosen_run"] = run_id
     info = by_id[run_id]
     accuracy = info.summary.get("test_accuracy") or info.summary.get("best_val_accuracy")
-    st.caption(f"{status_badge(info.status)} {len(info.summary.get('classes') or info.config.get('classes') or [])} "
-               "classes" + (f" · accuracy {accuracy:.1%}" if isinstance(accuracy, float) else ""))
+    st.caption(
+        f"{status_badge(info.status)} {len(info.summary.get('classes') or info.config.get('classes') or [])} "
+        "classes" + (f" · accuracy {accuracy:.1%}" if isinstance(accuracy, float) else "")
+    )
     return info
 
 
 def pictures_ui() -> list[tuple[str, str, bytes]]:
     """The uploaded pictures and the camera's, as (id, name, bytes); names are labels, never paths."""
-    files = st.file_uploader("Pictures (JPEG, PNG, WebP, BMP, GIF)", type=TYPES, accept_multiple_files=True,
-                             key="classify_upload")
+    files = st.file_uploader(
+        "Pictures (JPEG, PNG, WebP, BMP, GIF)", type=TYPES, accept_multiple_files=True, key="classify_upload"
+    )
     pictures = [(f.file_id, f.name, f.getvalue()) for f in files or []]
     if st.toggle("Take a picture with the camera", key="classify_camera_on"):
         st.caption(lesson("camera"))
@@ -100,33 +116,57 @@ def show_picture(file_id: str, name: str, result: dict[str, Any], loaded: infere
     label, confidence = result["top"][0]
     left, middle, right = st.columns([1, 1.5, 1])
     left.image(result["image"], caption=f"your picture ({result['size'][0]}×{result['size'][1]})")
-    middle.plotly_chart(figures.top_k_figure(result["top"], title=f"{loaded.name}: {label} ({confidence:.0%})",
-                                             unsure_below=inference.UNSURE_BELOW), key=f"top5-{file_id}")
+    middle.plotly_chart(
+        figures.top_k_figure(
+            result["top"],
+            title=f"{loaded.name}: {label} ({confidence:.0%})",
+            unsure_below=inference.UNSURE_BELOW,
+        ),
+        key=f"top5-{file_id}",
+    )
     right.image(result["overlay"], caption=f"Grad-CAM: where the evidence for “{label}” is")
     if result["unsure"]:
         st.info(lesson("unsure", confidence=f"{confidence:.0%}", label=label), icon=":material/help:")
     with st.expander("Preprocessing step by step"):
         steps = st.columns(3)
         steps[0].image(result["image"], caption="1 · original")
-        steps[1].image(enlarge(result["resized"], 160), width=160,
-                       caption=f"2 · squashed to {loaded.input_size}×{loaded.input_size}")
-        steps[2].image(enlarge(figures.rescaled_image(result["normalised"]), 160), width=160,
-                       caption="3 · normalised (stretched back for viewing)")
-        st.plotly_chart(figures.normalised_channels_figure(result["normalised"], loaded.mean, loaded.std),
-                        key=f"channels-{file_id}")
+        steps[1].image(
+            enlarge(result["resized"], 160),
+            width=160,
+            caption=f"2 · squashed to {loaded.input_size}×{loaded.input_size}",
+        )
+        steps[2].image(
+            enlarge(figures.rescaled_image(result["normalised"]), 160),
+            width=160,
+            caption="3 · normalised (stretched back for viewing)",
+        )
+        st.plotly_chart(
+            figures.normalised_channels_figure(result["normalised"], loaded.mean, loaded.std),
+            key=f"channels-{file_id}",
+        )
     if result["imagenet"] is not None:
         ours, theirs = st.columns(2)
-        ours.plotly_chart(figures.top_k_figure(result["top"], title=f"fine-tuned ({len(loaded.classes)} classes)"),
-                          key=f"ours-{file_id}")
-        theirs.plotly_chart(figures.top_k_figure(result["imagenet"], title="untouched ImageNet model (1000 classes)",
-                                                 color="#f28e2b"), key=f"imagenet-{file_id}")
+        ours.plotly_chart(
+            figures.top_k_figure(result["top"], title=f"fine-tuned ({len(loaded.classes)} classes)"),
+            key=f"ours-{file_id}",
+        )
+        theirs.plotly_chart(
+            figures.top_k_figure(
+                result["imagenet"], title="untouched ImageNet model (1000 classes)", color="#f28e2b"
+            ),
+            key=f"imagenet-{file_id}",
+        )
 
 
 def imagenet_note(loaded: inference.LoadedModel) -> str:
     if torchvision_name(loaded.config, loaded.batch_norm) is None:
         return lesson("imagenet_unpublished", name=model_name(loaded.config, loaded.batch_norm))
-    return lesson("imagenet_missing", name=loaded.name, file=weights_file_name(loaded.config, loaded.batch_norm),
-                  folder=str(weights_cache_dir()))
+    return lesson(
+        "imagenet_missing",
+        name=loaded.name,
+        file=weights_file_name(loaded.config, loaded.batch_norm),
+        folder=str(weights_cache_dir()),
+    )
 
 
 st.title("Classify")
@@ -140,8 +180,10 @@ try:
 except (VGGError, OSError) as e:
     show_error(e)
     st.stop()
-st.caption(f"Model: **{model.name}** · input {model.input_size}×{model.input_size} px · "
-           f"classes: {', '.join(model.classes[:12])}{' …' if len(model.classes) > 12 else ''}")
+st.caption(
+    f"Model: **{model.name}** · input {model.input_size}×{model.input_size} px · "
+    f"classes: {', '.join(model.classes[:12])}{' …' if len(model.classes) > 12 else ''}"
+)
 with_imagenet = pretrained_available(model.config, model.batch_norm)
 pictures = pictures_ui()
 if not pictures:
@@ -152,7 +194,9 @@ for file_id, name, data in pictures:
     try:
         result = classify(data, name, info.run_id, mtime, with_imagenet)
     except (VGGError, RuntimeError, ValueError, OSError) as e:  # one bad picture must not stop the others
-        result = {"error": f"{name}: could not classify it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"}
+        result = {
+            "error": f"{name}: could not classify it ({(str(e).splitlines() or [type(e).__name__])[0]})"
+        }
     show_picture(file_id, name, result, model)
 
 with st.expander("Lessons: preprocessing, Grad-CAM and the pretrained model", icon=":material/school:"):

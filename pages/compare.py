@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from ui.common import (
-    current_data, data_label, data_registry, job_manager, poll_interval, rerun_when_finished, run_store, session_id,
-    show_error,
+    current_data, data_label, data_registry, job_manager, poll_interval, rerun_when_finished, run_store,
+    session_id, show_error,
 )
 from ui.live import cached, job_header
 from vgg import compare
@@ -46,14 +47,18 @@ def run_label(info: RunInfo) -> str:
 def compare_runs(runs: list[RunInfo]) -> None:
     by_id = {info.run_id: info for info in runs}
     newest = [info.run_id for info in runs if info.finished][:2]
-    chosen = st.multiselect("Runs", list(by_id), default=newest, format_func=lambda r: run_label(by_id[r]),
-                            key="compare_runs", persist_state="session")
+    kept = st.session_state.get("compare_runs")
+    if kept is not None and any(r not in by_id for r in kept):  # drop runs deleted since they were chosen
+        st.session_state["compare_runs"] = [r for r in kept if r in by_id]
+    chosen = st.multiselect("Runs", list(by_id), default=newest if kept is None else None, key="compare_runs",
+                            format_func=lambda r: run_label(by_id[r]), persist_state="session")
     if not chosen:
         st.info("Choose runs to compare.")
         return
     left, right = st.columns([2, 3])
-    x = left.segmented_control("x axis", list(compare.X_AXES), default="images_seen", format_func=compare.X_AXES.get,
-                               key="compare_x", persist_state="session") or "images_seen"
+    x = left.segmented_control("x axis", list(compare.X_AXES), default="images_seen", required=True,
+                               format_func=compare.X_AXES.get, key="compare_x", persist_state="session")
+    x = x or "images_seen"
     smoothing = right.slider("Smoothing of the training loss", 0.0, 0.99, 0.8, key="compare_smoothing")
     running = any(not by_id[r].finished for r in chosen)
 
@@ -69,6 +74,8 @@ def compare_runs(runs: list[RunInfo]) -> None:
             compare.align_curves(metrics, "train_loss", x, smoothing=smoothing), x_title=x_title,
             y_title="training loss", title="Training loss (smoothed)"), key="compare_loss")
         infos = [run_store().get(run) for run in chosen]
+        if running and all(info.finished for info in infos):
+            st.rerun()  # a full rerun stops this timer
         st.dataframe(compare.final_metrics(infos), hide_index=True, column_config=TABLE_COLUMNS,
                      column_order=TABLE_ORDER)
 
@@ -85,7 +92,7 @@ def known_classes(source: str) -> tuple[str, ...] | None:
 
 
 def race_budget() -> tuple[TrainConfig, int]:
-    """The race's budget widgets → the base TrainConfig (and images per class of the offline pretraining)."""
+    """The race's budget widgets → the base TrainConfig, and the offline pretraining's images per class."""
     data = current_data()
     cols = st.columns(5)
     epochs = cols[0].number_input("Epochs", 1, 50, 3, key="race_epochs")
@@ -93,9 +100,10 @@ def race_budget() -> tuple[TrainConfig, int]:
     batch = cols[2].number_input("Batch size", 8, 512, 32, step=8, key="race_batch")
     seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="race_seed")
     pretrain = cols[4].number_input("Pretraining images per class", 10, 5000, data.images_per_class or 500,
-                                    step=50, key="race_pretrain", help="Offline version only: step 1's budget")
-    base = TrainConfig(config=RACE_MODEL[0], batch_norm=RACE_MODEL[1], epochs=int(epochs), batch_size=int(batch),
-                       seed=int(seed), data=replace(data, images_per_class=int(per_class)))
+                                    step=50, key="race_pretrain", help="Offline version only: step 1's size")
+    base = TrainConfig(config=RACE_MODEL[0], batch_norm=RACE_MODEL[1], epochs=int(epochs),
+                       batch_size=int(batch), seed=int(seed),
+                       data=replace(data, images_per_class=int(per_class)))
     return base, int(pretrain)
 
 
@@ -107,8 +115,9 @@ def start_race(base: TrainConfig, pretrain_per_class: int, online: bool) -> None
             st.session_state["race"] = {"jobs": ids}
         else:
             plan = compare.TransferPlan(base, pretrain_images_per_class=pretrain_per_class)
-            job = manager.submit("train", "Race · step 1: pretraining", compare.transfer_task(
-                plan, registry, store, manager, owner=session_id()), key=f"transfer:{plan!r}", owner=session_id())
+            task = compare.transfer_task(plan, registry, store, manager, owner=session_id())
+            job = manager.submit("train", "Race · step 1: pretraining", task, key=f"transfer:{plan!r}",
+                                 owner=session_id())
             st.session_state["race"] = {"chain": job}
     except VGGError as error:
         show_error(error)
@@ -123,20 +132,10 @@ def race_jobs() -> list[tuple[str, JobSnapshot]]:
             chain = manager.snapshot(race["chain"])
             out.append(("pretraining", chain))
             ids = list(chain.extra.get("followups", ()))
-        return out + [(role, manager.snapshot(i)) for role, i in zip(("scratch", "pretrained"), ids)]
+        roles = ("scratch", "pretrained")[: len(ids)]  # the follow-ups exist once the pretraining is done
+        return out + [(role, manager.snapshot(i)) for role, i in zip(roles, ids, strict=True)]
     except UnknownJobError:  # forgotten by the manager (restarted server)
         return []
-
-
-def race_lanes(jobs: list[tuple[str, JobSnapshot]]) -> list[tuple[str, str, object, object]]:
-    lanes = []
-    for role, snap in jobs:
-        if role != "pretraining":
-            frame = compare.history_frame(snap.history)
-            lanes.append((snap.title.removeprefix("Race · "), role,
-                          compare.run_curve(frame, "train_accuracy", smoothing=0.9),
-                          compare.run_curve(frame, "val_accuracy")))
-    return lanes
 
 
 def race_view() -> None:
@@ -150,19 +149,31 @@ def race_view() -> None:
         rerun_when_finished("race", [snap for _, snap in jobs])
         for role, snap in jobs:
             job_header(snap, stop_key=f"race-stop-{snap.id}")
-            if snap.finished and snap.result is not None and getattr(snap.result, "test_accuracy", None) is not None:
-                st.caption(f"Run {snap.result.run_id}: test accuracy {snap.result.test_accuracy:.1%}, "
-                           f"{snap.result.seconds:.0f} s")
+            result = snap.result if snap.finished else None
+            if getattr(result, "test_accuracy", None) is not None:
+                st.caption(f"Run {result.run_id}: test accuracy {result.test_accuracy:.1%}, "
+                           f"{result.seconds:.0f} s")
         pre = dict(jobs).get("pretraining")
         if pre is not None and pre.extra.get("source_classes"):
-            st.caption(f"Step 1 pretrains on {', '.join(pre.extra['source_classes'])}; the race fine-tunes on "
-                       f"{', '.join(pre.extra['target_classes'])}.")
+            source, target = (", ".join(pre.extra[k]) for k in ("source_classes", "target_classes"))
+            st.caption(f"Step 1 pretrains on {source}; the race fine-tunes on {target}.")
         racing = [(role, snap) for role, snap in jobs if role != "pretraining"]
         if not racing:
             st.caption("The race starts when the pretraining is done.")
             return
         stamp = tuple((snap.id, snap.version) for _, snap in racing)
-        st.plotly_chart(cached("race_figure", stamp, lambda: figures.race_figure(race_lanes(racing))), key="race_chart")
+
+        def figure() -> go.Figure:
+            return figures.race_figure([(snap.title.removeprefix("Race · "), role,
+                                         *compare.race_curves(snap.history)) for role, snap in racing])
+
+        st.plotly_chart(cached("race_figure", stamp, figure), key="race_chart")
+        run_ids = [getattr(snap.result, "run_id", None) for _, snap in racing if snap.finished]
+        if len(run_ids) == 2 and all(run_ids):
+            st.button("Overlay these two runs above", icon=":material/stacked_line_chart:",
+                      key="race_compare", on_click=st.session_state.__setitem__, args=("compare_runs", run_ids))
+            if st.session_state.get("race_compare"):
+                st.rerun(scope="app")  # the run picker above is outside this fragment
 
     live()
 
@@ -173,7 +184,8 @@ def race_section() -> None:
     base, pretrain_per_class = race_budget()
     online = pretrained_available(*RACE_MODEL)
     st.caption(f"Data: {data_label(base.data)} (the data set chosen on the Data page) · VGG11-BN · "
-               f"same seed {base.seed}, {base.epochs} epoch(s), batch {base.batch_size}, lr {base.lr:g} for both runs.")
+               f"same seed {base.seed}, {base.epochs} epoch(s), batch {base.batch_size}, lr {base.lr:g} "
+               "for both runs.")
     if not online:
         classes = known_classes(base.data.source)
         try:

@@ -1,4 +1,4 @@
-"""Data page: choose the data set used on every page; see its classes, samples, augmentation, normalisation."""
+"""Data page: choose the data set every page uses; see its classes, samples, augmentation, normalisation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ui.common import current_data, data_label, image_folders, set_current_data, show_data_loading
+from ui.common import (
+    current_data, data_label, data_registry, image_folders, set_current_data, show_data_loading,
+)
 from vgg import data as vdata
 from vgg.data import DataConfig, DataSplits
 from vgg.errors import VGGError
@@ -42,25 +44,29 @@ def source_ui(cur: DataConfig) -> DataConfig | None:
         if not folders:
             lesson("add_folder", data_dir=str(data_dir()))
             return None
-        chosen = Path(cur.source).name if kind == "folder" and Path(cur.source).name in folders else folders[0]
+        previous = Path(cur.source).name
+        chosen = previous if kind == "folder" and previous in folders else folders[0]
         name = st.selectbox("Image folder (in the data directory)", folders, index=folders.index(chosen),
                             key="data_folder", **KEEP)
         source = f"./{name}" if name in vdata.BUILTIN_SOURCES else name  # a folder called "cifar10"
         with st.expander("How to add an image folder"):
             lesson("add_folder", data_dir=str(data_dir()))
-    size, per_class, all_images, val, seed = st.columns([1.2, 1.2, 0.8, 1.4, 0.8], vertical_alignment="bottom")
+    size, per_class, all_images, val, seed = st.columns([1.2, 1.2, 0.8, 1.4, 0.8],
+                                                        vertical_alignment="bottom")
     input_size = size.number_input("Input size (px)", *vdata.INPUT_SIZE_RANGE, value=cur.input_size, step=32,
                                    key="data_size", **KEEP)
     everything = all_images.toggle("All", value=cur.images_per_class is None, key="data_all", **KEEP,
                                    help="Use every image of each class")
-    n = per_class.number_input("Images per class", 1, vdata.MAX_IMAGES_PER_CLASS, value=cur.images_per_class or 500,
-                               disabled=everything, key="data_per_class", **KEEP)
+    n = per_class.number_input("Images per class", 1, vdata.MAX_IMAGES_PER_CLASS,
+                               value=cur.images_per_class or 500, disabled=everything, key="data_per_class",
+                               **KEEP)
     fraction = val.slider("Validation fraction", 0.05, 0.5, value=float(cur.val_fraction), step=0.05,
                           key="data_val", **KEEP)
     seed_value = seed.number_input("Seed", 0, 2**31 - 1, value=cur.seed, key="data_seed", **KEEP)
     try:
-        return DataConfig(source=source, input_size=int(input_size), images_per_class=None if everything else int(n),
-                          val_fraction=float(fraction), seed=int(seed_value))
+        return DataConfig(source=source, input_size=int(input_size),
+                          images_per_class=None if everything else int(n), val_fraction=float(fraction),
+                          seed=int(seed_value))
     except VGGError as e:
         st.error(str(e))
         return None
@@ -83,8 +89,9 @@ def augmentation_preview(splits: DataSplits) -> None:
     index = pick.number_input("Training image number", 0, len(splits.train) - 1, 0, key="aug_index")
     if pick.button("New random views", icon=":material/casino:", key="aug_new"):
         st.session_state["aug_seed"] = st.session_state.get("aug_seed", 0) + 1
-    on = [col.toggle(name, True, key=f"aug_{key}_on") for col, name, key in
-          ((rot, "Rotation", "rotate"), (flip, "Horizontal flip", "flip"), (crop, "Random crop with padding", "crop"))]
+    transforms = ((rot, "Rotation", "rotate"), (flip, "Horizontal flip", "flip"),
+                  (crop, "Random crop with padding", "crop"))
+    on = [col.toggle(name, True, key=f"aug_{key}_on") for col, name, key in transforms]
     rotate = rot.slider("Rotation up to ± (°)", 0, 45, 5, key="aug_rotate", disabled=not on[0])
     flip_p = flip.slider("Flip probability", 0.0, 1.0, 0.5, key="aug_flip", disabled=not on[1])
     pad = crop.slider("Padding (px)", 1, max(2, splits.input_size // 4), vdata.default_pad(splits.input_size),
@@ -102,7 +109,8 @@ def normalisation(splits: DataSplits) -> None:
     lesson("normalisation")
     mean, std = imagenet_stats()
     st.dataframe(figures.stats_table(("R", "G", "B"), {
-        "ImageNet mean": mean, "ImageNet std": std, "this data set's mean": splits.mean, "this data set's std": splits.std,
+        "ImageNet mean": mean, "ImageNet std": std,
+        "this data set's mean": splits.mean, "this data set's std": splits.std,
     }))
     use_imagenet = st.radio("Normalise with", ["this data set's statistics (from scratch)",
                                                "ImageNet's statistics (from pretrained weights)"],
@@ -116,12 +124,12 @@ def show(splits: DataSplits) -> None:
     counts = vdata.describe(splits)
     cols = st.columns(4)
     cols[0].metric("Classes", splits.num_classes)
-    for col, split in zip(cols[1:], ("train", "val", "test")):
+    for col, split in zip(cols[1:], ("train", "val", "test"), strict=True):
         col.metric(f"{split} images", f"{int(counts[split].sum()):,}")
     st.plotly_chart(figures.class_counts_figure(counts))
     report = splits.report
-    st.caption(f"{splits.source_name}: " + ("read from the cache" if report.from_cache
-                                           else f"{report.decoded:,} images decoded") + f" in {report.seconds:.1f} s.")
+    how = "read from the cache" if report.from_cache else f"{report.decoded:,} images decoded"
+    st.caption(f"{splits.source_name}: {how} in {report.seconds:.1f} s.")
     for warning in report.warnings:
         st.warning(warning)
     if report.empty_classes:
@@ -141,11 +149,13 @@ st.title("Data")
 lesson("intro")
 cfg = source_ui(current_data())
 if cfg is not None:
-    in_use = cfg == current_data()
-    if st.button("Use this data set", type="primary", disabled=in_use, icon=":material/check:", key="data_use"):
+    in_use, loaded = cfg == current_data(), data_registry().peek(cfg) is not None
+    if st.button("Use this data set", type="primary", disabled=in_use or not loaded, icon=":material/check:",
+                 key="data_use", help=None if loaded else "Available once it has loaded"):
         set_current_data(cfg, data_label(cfg))
         st.rerun()  # the sidebar shows the new choice
-    st.caption(f"In use on every page: **{st.session_state.get('dataset_label', data_label(current_data()))}**"
+    label = st.session_state.get("dataset_label", data_label(current_data()))
+    st.caption(f"In use on every page: **{label}**"
                + (" (this one)" if in_use else " — press the button to use the one shown below instead"))
     if cfg.source == "cifar10":
         with st.expander("Where CIFAR-10 comes from"):

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from ui.common import (data_registry, job_manager, poll_interval, run_store, session_id, show_data_loading,
-                       show_error, status_badge)
+from ui.common import (
+    data_registry,
+    job_manager,
+    poll_interval,
+    run_store,
+    session_id,
+    show_data_loading,
+    show_error,
+    status_badge,
+)
 from vgg import analysis, inference
 from vgg.data import DataConfig, TensorData
 from vgg.errors import VGGError
@@ -36,9 +45,13 @@ def load_predictions(run_id: str, _mtime: float) -> dict[str, Any]:
     """predictions.pt as NumPy arrays (keyed by the file's mtime, so a re-evaluation is seen)."""
     p = run_store().load_predictions(run_id)
     hidden = p.get("hidden")
-    return {"labels": np.asarray(p["labels"], dtype=np.int64), "probs": p["probabilities"].float().numpy(),
-            "hidden": hidden.float().numpy() if hidden is not None else None, "classes": list(p["classes"]),
-            "loss": p.get("loss")}
+    return {
+        "labels": np.asarray(p["labels"], dtype=np.int64),
+        "probs": p["probabilities"].float().numpy(),
+        "hidden": hidden.float().numpy() if hidden is not None else None,
+        "classes": list(p["classes"]),
+        "loss": p.get("loss"),
+    }
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the model…")
@@ -56,13 +69,20 @@ def embed(run_id: str, _mtime: float, kind: str, method: str, seed: int) -> anal
 def run_ui() -> RunInfo | None:
     runs = [r for r in run_store().list_runs() if r.has_best]
     if not runs:
-        st.info("No run with a checkpoint yet: train a model first on the **Train** page.", icon=":material/info:")
+        st.info(
+            "No run with a checkpoint yet: train a model first on the **Train** page.", icon=":material/info:"
+        )
         return None
     by_id = {r.run_id: r for r in runs}
     ids = list(by_id)
     chosen = st.session_state.get("chosen_run")
-    run_id = st.selectbox("Run", ids, index=ids.index(chosen) if chosen in by_id else 0, key="evaluate_run",
-                          format_func=lambda i: f"{i} · {by_id[i].status}")
+    run_id = st.selectbox(
+        "Run",
+        ids,
+        index=ids.index(chosen) if chosen in by_id else 0,
+        key="evaluate_run",
+        format_func=lambda i: f"{i} · {by_id[i].status}",
+    )
     st.session_state["chosen_run"] = run_id
     info = by_id[run_id]
     st.caption(f"{status_badge(info.status)} {info.message if info.message != info.status else ''}")
@@ -96,10 +116,20 @@ def evaluate_now(info: RunInfo, data_cfg: DataConfig | None) -> None:
     if job is not None and job.status is JobStatus.FAILED:
         show_error(job.error or "the evaluation failed")
     if job is None or job.finished:
-        if st.button("Evaluate the best checkpoint now", type="primary", icon=":material/play_arrow:",
-                     key="evaluate_now", disabled=data_cfg is None):
-            job_manager().submit("evaluate", f"Evaluate {info.run_id}", evaluate_job(info.run_id, data_cfg),
-                                 key=key, owner=session_id())
+        if st.button(
+            "Evaluate the best checkpoint now",
+            type="primary",
+            icon=":material/play_arrow:",
+            key="evaluate_now",
+            disabled=data_cfg is None,
+        ):
+            job_manager().submit(
+                "evaluate",
+                f"Evaluate {info.run_id}",
+                evaluate_job(info.run_id, data_cfg),
+                key=key,
+                owner=session_id(),
+            )
             st.rerun()
         return
 
@@ -122,8 +152,9 @@ def image_grid(images: TensorData | None, index: np.ndarray, captions: list[str]
         st.image([figures.enlarge(p, 96) for p in pictures], width=96, caption=captions)
 
 
-def confusion_section(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, classes: list[str],
-                      test: TensorData | None) -> None:
+def confusion_section(
+    labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, classes: list[str], test: TensorData | None
+) -> None:
     lesson("confusion")
     matrix = analysis.confusion_matrix(labels, preds, len(classes))
     if "cm_true" not in st.session_state:  # start on the most frequent confusion
@@ -131,48 +162,70 @@ def confusion_section(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, 
         i, j = np.unravel_index(off.argmax(), off.shape) if off.any() else (0, 0)
         st.session_state["cm_true"], st.session_state["cm_pred"] = classes[i], classes[j]
     points = (st.session_state.get("confusion") or {}).get("selection", {}).get("points", [])
-    clicked = next(((p["y"], p["x"]) for p in points if p.get("y") in classes and p.get("x") in classes), None)
+    clicked = next(
+        ((p["y"], p["x"]) for p in points if p.get("y") in classes and p.get("x") in classes), None
+    )
     if clicked is not None and clicked != st.session_state.get("_cm_clicked"):  # a new click wins once
         st.session_state["cm_true"], st.session_state["cm_pred"] = clicked
     st.session_state["_cm_clicked"] = clicked
     true_name, pred_name = st.session_state["cm_true"], st.session_state["cm_pred"]
     normalise = st.toggle("Shares of each true class", key="cm_normalise")
-    fig = figures.confusion_figure(matrix, classes, normalise=normalise,
-                                   selected=(classes.index(true_name), classes.index(pred_name)))
+    fig = figures.confusion_figure(
+        matrix, classes, normalise=normalise, selected=(classes.index(true_name), classes.index(pred_name))
+    )
     st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="confusion")
     left, right = st.columns(2)
     true_name = left.selectbox("True class", classes, key="cm_true")
     pred_name = right.selectbox("Predicted as", classes, key="cm_pred")
     t, p = classes.index(true_name), classes.index(pred_name)
     index = np.flatnonzero((labels == t) & (preds == p))
-    st.markdown(f"**{len(index)}** test images of *{true_name}* predicted as *{pred_name}*"
-                + (f" (showing {MAX_CELL_IMAGES})" if len(index) > MAX_CELL_IMAGES else ""))
+    st.markdown(
+        f"**{len(index)}** test images of *{true_name}* predicted as *{pred_name}*"
+        + (f" (showing {MAX_CELL_IMAGES})" if len(index) > MAX_CELL_IMAGES else "")
+    )
     index = index[:MAX_CELL_IMAGES]
     image_grid(test, index, [f"{probs[i, p]:.0%}" for i in index])
 
 
-def mistakes_section(labels: np.ndarray, probs: np.ndarray, classes: list[str], test: TensorData | None) -> None:
+def mistakes_section(
+    labels: np.ndarray, probs: np.ndarray, classes: list[str], test: TensorData | None
+) -> None:
     lesson("mistakes")
     k = st.slider("How many", 4, 48, 16, step=4, key="mistakes_k")
     worst = analysis.most_confident_mistakes(labels, probs, k)
     if worst.empty:
         st.success("No mistakes on the test set.")
         return
-    image_grid(test, worst["index"].to_numpy(), [
-        f"{classes[r.true]} {r.p_true:.0%} → {classes[r.predicted]} {r.p_pred:.0%}" for r in worst.itertuples()])
+    image_grid(
+        test,
+        worst["index"].to_numpy(),
+        [
+            f"{classes[r.true]} {r.p_true:.0%} → {classes[r.predicted]} {r.p_pred:.0%}"
+            for r in worst.itertuples()
+        ],
+    )
     st.caption("Caption: true class and its probability → predicted class and its probability.")
 
 
 def representations_section(info: RunInfo, stamp: float, p: dict[str, Any]) -> None:
     lesson("representations")
-    kinds = {"probs": "output probabilities"} | ({"hidden": "hidden layer (4096-d)"} if p["hidden"] is not None else {})
+    kinds = {"probs": "output probabilities"} | (
+        {"hidden": "hidden layer (4096-d)"} if p["hidden"] is not None else {}
+    )
     kind = st.radio("Representation", list(kinds), format_func=kinds.get, horizontal=True, key="repr_kind")
     labels = p["labels"][: len(p["hidden"])] if kind == "hidden" else p["labels"]
     pca = embed(info.run_id, stamp, kind, "PCA", 0)
     x_share, y_share = pca.explained or (0.0, 0.0)
-    st.plotly_chart(figures.embedding_figure(pca.points, labels[pca.index], p["classes"], title=f"PCA of the {kinds[kind]}",
-                                             axis_titles=(f"PC 1 ({x_share:.0%} of the variance)",
-                                                          f"PC 2 ({y_share:.0%})")), key="pca")
+    st.plotly_chart(
+        figures.embedding_figure(
+            pca.points,
+            labels[pca.index],
+            p["classes"],
+            title=f"PCA of the {kinds[kind]}",
+            axis_titles=(f"PC 1 ({x_share:.0%} of the variance)", f"PC 2 ({y_share:.0%})"),
+        ),
+        key="pca",
+    )
     seed_col, button_col = st.columns([1, 3], vertical_alignment="bottom")
     seed = int(seed_col.number_input("t-SNE seed", 0, 10_000, 0, key="tsne_seed"))
     wanted = (info.run_id, stamp, kind, seed)
@@ -180,9 +233,15 @@ def representations_section(info: RunInfo, stamp: float, p: dict[str, Any]) -> N
         st.session_state["tsne_wanted"] = wanted
     if st.session_state.get("tsne_wanted") == wanted:
         tsne = embed(info.run_id, stamp, kind, "t-SNE", seed)
-        st.plotly_chart(figures.embedding_figure(tsne.points, labels[tsne.index], p["classes"],
-                                                 title=f"t-SNE of the {kinds[kind]} ({len(tsne.index)} test images)"),
-                        key="tsne")
+        st.plotly_chart(
+            figures.embedding_figure(
+                tsne.points,
+                labels[tsne.index],
+                p["classes"],
+                title=f"t-SNE of the {kinds[kind]} ({len(tsne.index)} test images)",
+            ),
+            key="tsne",
+        )
 
 
 def filters_section(info: RunInfo, test: TensorData | None) -> None:
@@ -194,32 +253,64 @@ def filters_section(info: RunInfo, test: TensorData | None) -> None:
         return
     filters = analysis.first_layer_filters(loaded.model)
     st.image(figures.filter_images(filters, 40), width=40)
-    st.caption(f"The {len(filters)} filters of the first convolution ({filters.shape[-1]}×{filters.shape[-1]}, "
-               "RGB), each stretched to the full brightness range.")
+    st.caption(
+        f"The {len(filters)} filters of the first convolution ({filters.shape[-1]}×{filters.shape[-1]}, "
+        "RGB), each stretched to the full brightness range."
+    )
     if test is None:
         return
     n_filters = st.slider("Filters applied", 1, min(16, len(filters)), 8, key="filters_n")
-    rows = [int(np.flatnonzero(test.labels.numpy() == c)[0]) for c in range(int(test.labels.max()) + 1)
-            if (test.labels == c).any()][:FILTERED_IMAGES]
-    maps = analysis.filtered_images(loaded.model, inference.normalise_batch(loaded, test.images[rows]), n_filters)
-    for row, image_maps in zip(rows, maps):
-        st.image([figures.enlarge(figures.to_hwc(test.images[[row]].numpy())[0], 64)] + figures.gray_images(image_maps),
-                 width=64, caption=["image"] + [f"filter {i}" for i in range(len(image_maps))])
+    rows = [
+        int(np.flatnonzero(test.labels.numpy() == c)[0])
+        for c in range(int(test.labels.max()) + 1)
+        if (test.labels == c).any()
+    ][:FILTERED_IMAGES]
+    maps = analysis.filtered_images(
+        loaded.model, inference.normalise_batch(loaded, test.images[rows]), n_filters
+    )
+    for row, image_maps in zip(rows, maps, strict=True):
+        st.image(
+            [figures.enlarge(figures.to_hwc(test.images[[row]].numpy())[0], 64)]
+            + figures.gray_images(image_maps),
+            width=64,
+            caption=["image"] + [f"filter {i}" for i in range(len(image_maps))],
+        )
 
 
 def downloads_section(info: RunInfo, table: Any) -> None:
     store = run_store()
-    st.download_button("Metrics (metrics.csv)", lambda: store.metrics(info.run_id).to_csv(index=False),
-                       file_name=f"{info.run_id}-metrics.csv", mime="text/csv", on_click="ignore",
-                       icon=":material/download:", key="download_metrics")
-    st.download_button("Per-class accuracy (CSV)", table.to_csv(index=False), file_name=f"{info.run_id}-per-class.csv",
-                       mime="text/csv", on_click="ignore", icon=":material/download:", key="download_per_class")
+    st.download_button(
+        "Metrics (metrics.csv)",
+        lambda: store.metrics(info.run_id).to_csv(index=False),
+        file_name=f"{info.run_id}-metrics.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+        key="download_metrics",
+    )
+    st.download_button(
+        "Per-class accuracy (CSV)",
+        table.to_csv(index=False),
+        file_name=f"{info.run_id}-per-class.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+        key="download_per_class",
+    )
     best = info.path / "best.pt"
-    st.download_button(f"Best checkpoint (best.pt, {best.stat().st_size / 1e6:.0f} MB)", best.read_bytes,
-                       file_name=f"{info.run_id}-best.pt", mime="application/octet-stream", on_click="ignore",
-                       icon=":material/download:", key="download_best")
-    st.caption("A checkpoint holds only tensors and plain metadata; this app loads such files with "
-               "`weights_only=True`, so a file cannot run code when loaded.")
+    st.download_button(
+        f"Best checkpoint (best.pt, {best.stat().st_size / 1e6:.0f} MB)",
+        best.read_bytes,
+        file_name=f"{info.run_id}-best.pt",
+        mime="application/octet-stream",
+        on_click="ignore",
+        icon=":material/download:",
+        key="download_best",
+    )
+    st.caption(
+        "A checkpoint holds only tensors and plain metadata; this app loads such files with "
+        "`weights_only=True`, so a file cannot run code when loaded."
+    )
 
 
 st.title("Evaluate")
@@ -228,7 +319,10 @@ info = run_ui()
 if info is None:
     st.stop()
 if info.status == "running":
-    st.info("This run is still training: its test-set evaluation comes when it finishes.", icon=":material/hourglass:")
+    st.info(
+        "This run is still training: its test-set evaluation comes when it finishes.",
+        icon=":material/hourglass:",
+    )
     st.stop()
 try:
     data_cfg: DataConfig | None = inference.run_data_config(info.config)
@@ -264,13 +358,17 @@ if test is not None and (len(test) != len(labels) or not np.array_equal(test.lab
 
 table = analysis.per_class_accuracy(labels, preds, classes)
 tabs = st.tabs(SECTIONS, key="evaluate_section", on_change="rerun")
-for tab, section in zip(tabs, SECTIONS):
+for tab, section in zip(tabs, SECTIONS, strict=True):
     if not tab.open:
         continue
     with tab:
         if section == "Accuracy":
             st.plotly_chart(figures.per_class_figure(table, overall=accuracy), key="per_class")
-            st.dataframe(table, hide_index=True, column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
+            st.dataframe(
+                table,
+                hide_index=True,
+                column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+            )
         elif section == "Confusion matrix":
             confusion_section(labels, preds, probs, classes, test)
         elif section == "Mistakes":

@@ -71,11 +71,12 @@ def lr_default() -> None:
 def settings_ui() -> tuple[TrainConfig | None, bool]:
     """Every TrainConfig option; (None, False) with the reason shown when a value is refused."""
     data = current_data()
-    a, b, c = st.columns([2.2, 1, 3], vertical_alignment="bottom")
-    config = a.selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="train-config", **S)
-    batch_norm = b.toggle("Batch norm", value=True, key="train-bn", **S)
-    with c:
-        init = init_ui(config, batch_norm, key="train", allow_file=True)
+    cols = st.columns([2.2, 1, 1, 1], vertical_alignment="bottom")
+    config = cols[0].selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="train-config", **S)
+    batch_norm = cols[1].toggle("Batch norm", value=True, key="train-bn", **S)
+    optimizer = cols[2].selectbox("Optimizer", OPTIMIZERS, key="train-optimizer", **S)
+    schedule = cols[3].selectbox("Schedule", SCHEDULES, key="train-schedule", **S)
+    init = init_ui(config, batch_norm, key="train", allow_file=True)
     pretrained = init not in (None, "scratch")
     cols = st.columns(4)
     images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or 500, key="train-ipc", **S)
@@ -83,25 +84,25 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
                                 help="Images are resized on the fly when this differs from the data set's size.")
     epochs = cols[2].number_input("Epochs", 0, 10_000_000, 2, key="train-epochs", **S)
     batch = cols[3].number_input("Batch size", 0, 1_000_000, 128, key="train-batch", **S)
-    cols = st.columns(4)
-    optimizer = cols[0].selectbox("Optimizer", OPTIMIZERS, key="train-optimizer", **S)
-    schedule = cols[1].selectbox("Schedule", SCHEDULES, key="train-schedule", **S)
+    cols = st.columns(4, vertical_alignment="bottom")
     lr_default()
-    lr = cols[2].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr", **S,
+    lr = cols[0].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr", **S,
                               help="Set by the LR finder page's 'Use this LR'.")
-    ratio = cols[3].number_input("Feature LR ratio", 0.0, 100.0, 0.1 if pretrained else 1.0, format="%.3g",
+    ratio = cols[1].number_input("Feature LR ratio", 0.0, 100.0, 0.1 if pretrained else 1.0, format="%.3g",
                                  key=f"train-ratio-{'pretrained' if pretrained else 'scratch'}", **S,
                                  help="Discriminative fine-tuning: the convolutional layers learn at lr × ratio.")
+    freeze = cols[2].selectbox("Freeze", FREEZE_MODES, key="train-freeze", disabled=not pretrained, **S,
+                               help="Which weights stay fixed; only possible when starting from trained weights.")
+    augment = cols[3].toggle("Augmentation", value=True, key="train-augment", **S,
+                             help="Random flips, small rotations and crops of every training batch.")
     with st.expander("More settings"):
-        cols = st.columns(4)
-        freeze = cols[0].selectbox("Freeze", FREEZE_MODES, key="train-freeze", disabled=not pretrained, **S)
-        augment = cols[1].toggle("Augmentation", value=True, key="train-augment", **S)
-        seed = cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="train-seed", **S)
-        budget = cols[3].number_input("Time budget (s, 0 = none)", 0.0, 1e9, 0.0, key="train-budget", **S)
-        device = cols[0].selectbox("Device", DEVICES, key="train-device", **S)
-        precision = cols[1].selectbox("Precision", PRECISIONS, key="train-precision", **S)
-        decay = cols[2].number_input("Weight decay", 0.0, 10.0, 0.0, format="%.1e", key="train-decay", **S)
-        momentum = cols[3].number_input("SGD momentum", 0.0, 10.0, 0.9, key="train-momentum", **S,
+        cols = st.columns(3)
+        seed = cols[0].number_input("Seed", 0, 2**31 - 1, 0, key="train-seed", **S)
+        device = cols[1].selectbox("Device", DEVICES, key="train-device", **S)
+        precision = cols[2].selectbox("Precision", PRECISIONS, key="train-precision", **S)
+        budget = cols[0].number_input("Time budget (s, 0 = none)", 0.0, 1e9, 0.0, key="train-budget", **S)
+        decay = cols[1].number_input("Weight decay", 0.0, 10.0, 0.0, format="%.1e", key="train-decay", **S)
+        momentum = cols[2].number_input("SGD momentum", 0.0, 10.0, 0.9, key="train-momentum", **S,
                                         disabled=optimizer != "sgd")
     try:
         cfg = TrainConfig(
@@ -137,7 +138,7 @@ def cost_ui(cfg: TrainConfig) -> None:
     probed = st.session_state.setdefault("_train_probed", set())  # measured already (cached)
     cheap = probe_macs(totals["total_macs"]) < PROBE_AUTO_MACS and not job_manager().active()
     if not (cheap or probe_args in probed):
-        if not cols[2].button("Measure this device's speed", key="train-probe", icon=":material/speed:"):
+        if not cols[2].button("Measure speed", key="train-probe", icon=":material/speed:"):
             cols[3].caption("The speed probe waits for a click while a job runs or for large models.")
             return
     probed.add(probe_args)
@@ -222,7 +223,8 @@ def live_view(first: JobSnapshot) -> None:
         steps = [e for e in snap.history[-20:] if isinstance(e, StepEvent)]
         if steps:
             cols = st.columns(4)
-            cols[0].metric("Images/s", f"{np.mean([s.images_per_second for s in steps[-10:]]):.0f}")
+            rate = float(np.mean([s.images_per_second for s in steps[-10:]]))
+            cols[0].metric("Images/s", f"{rate:.1f}" if rate < 10 else f"{rate:.0f}")
             cols[1].metric("Epoch", steps[-1].epoch)
             cols[2].metric("Images seen", f"{steps[-1].images_seen:,}")
             cols[3].metric("Loss (last step)", f"{steps[-1].loss:.3f}")

@@ -31,18 +31,23 @@ def test_per_class_accuracy_has_one_row_per_class() -> None:
     table = analysis.per_class_accuracy([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], ["cat", "dog", "bird"])
     assert table["class"].tolist() == ["cat", "dog", "bird"]
     assert table["images"].tolist() == [2, 3, 0] and table["correct"].tolist() == [1, 2, 0]
-    assert table["accuracy"].iloc[0] == pytest.approx(0.5) and table["accuracy"].iloc[1] == pytest.approx(2 / 3)
+    assert table["accuracy"].iloc[0] == pytest.approx(0.5) and table["accuracy"].iloc[1] == pytest.approx(
+        2 / 3
+    )
     assert math.isnan(table["accuracy"].iloc[2]), "a class without test images has no accuracy"
 
 
 def test_most_confident_mistakes_are_the_surest_wrong_answers_first() -> None:
-    probs = np.array([
-        [0.9, 0.05, 0.05],  # right
-        [0.2, 0.7, 0.1],  # wrong, 0.7
-        [0.05, 0.05, 0.9],  # wrong, 0.9
-        [0.3, 0.6, 0.1],  # right
-        [0.1, 0.35, 0.55],  # wrong, 0.55
-    ], dtype=np.float32)
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.05],  # right
+            [0.2, 0.7, 0.1],  # wrong, 0.7
+            [0.05, 0.05, 0.9],  # wrong, 0.9
+            [0.3, 0.6, 0.1],  # right
+            [0.1, 0.35, 0.55],  # wrong, 0.55
+        ],
+        dtype=np.float32,
+    )
     labels = np.array([0, 0, 1, 1, 1])
     worst = analysis.most_confident_mistakes(labels, torch.from_numpy(probs).half(), k=2)
     assert list(worst.columns) == ["index", "true", "predicted", "p_true", "p_pred"]
@@ -70,12 +75,16 @@ def test_pca_finds_the_direction_of_largest_variance() -> None:
     assert embedding.points.shape == (200, 2) and embedding.method == "PCA"
     assert embedding.index.tolist() == list(range(200))
     first = embedding.points[:, 0]
-    assert (first[labels == 0].max() < first[labels == 1].min()) or (first[labels == 1].max() < first[labels == 0].min())
+    assert (first[labels == 0].max() < first[labels == 1].min()) or (
+        first[labels == 1].max() < first[labels == 0].min()
+    )
     share_1, share_2 = embedding.explained
     # between the clusters: 5 dims × 3² = 45 of a total variance of 45 + 64 (unit noise in 64 dims)
     assert share_1 == pytest.approx(46 / 109, abs=0.05) and 0 < share_2 < 0.05
     again = analysis.pca_2d(features)
-    np.testing.assert_allclose(again.points, analysis.pca_2d(features).points)  # deterministic, signs included
+    np.testing.assert_allclose(
+        again.points, analysis.pca_2d(features).points
+    )  # deterministic, signs included
     assert analysis.pca_2d(np.zeros((0, 5))).points.shape == (0, 2)
     assert analysis.pca_2d(np.ones((1, 5))).points.tolist() == [[0.0, 0.0]]
 
@@ -98,7 +107,9 @@ def test_tsne_keeps_clusters_apart_on_a_reproducible_sample() -> None:
 class TinyNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3)
+        )
 
 
 def test_first_layer_filters_are_rescaled_per_filter() -> None:
@@ -106,7 +117,7 @@ def test_first_layer_filters_are_rescaled_per_filter() -> None:
     net = TinyNet()
     filters = analysis.first_layer_filters(net)
     assert filters.shape == (4, 3, 3, 3)
-    for f, w in zip(filters, net.features[0].weight.detach().numpy()):
+    for f, w in zip(filters, net.features[0].weight.detach().numpy(), strict=True):
         assert f.min() == pytest.approx(0) and f.max() == pytest.approx(1, abs=1e-3)
         np.testing.assert_allclose(f, (w - w.min()) / (w.max() - w.min() + 1e-5), atol=1e-6)
 

@@ -1,8 +1,6 @@
-"""End to end in headless Chromium: the Data page shows the synthetic set; the Compare page overlays two runs."""
+"""End to end in headless Chromium: the Data page shows the synthetic set, the Compare page two runs."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -27,7 +25,8 @@ def server_runs(streamlit_server: str, tmp_path_factory: pytest.TempPathFactory)
     data = DataConfig(source="synthetic", input_size=32, images_per_class=20)
     ids = []
     for seed, schedule in ((0, "onecycle"), (1, "constant")):
-        result = fit(TrainConfig(data=data, epochs=1, batch_size=64, seed=seed, schedule=schedule), store=store)
+        cfg = TrainConfig(data=data, epochs=1, batch_size=64, seed=seed, schedule=schedule)
+        result = fit(cfg, store=store)
         assert result.status == "done", result.message
         ids.append(result.run_id)
     return ids
@@ -40,8 +39,9 @@ def test_data_page_shows_the_sample_grid_and_charts(page: Page, streamlit_server
     grid_label = main.locator('[data-testid="stMarkdownContainer"]').get_by_text("crescent", exact=True)
     expect(grid_label).to_be_visible(timeout=SLOW_MS)  # the last row of the sample grid
     wait_for_plotly(page, 2, timeout_ms=SLOW_MS)  # class counts and pixel histograms
-    expect(main.locator('[data-testid="stImage"] img')).to_have_count(10 * 8 + 9)  # grid + original and 8 views
-    expect(main.locator('[data-testid="stDataFrame"]')).to_be_visible()  # ImageNet's mean/std and the set's own
+    # the grid (8 per class), then the original and its 8 augmented views
+    expect(main.locator('[data-testid="stImage"] img')).to_have_count(10 * 8 + 9)
+    expect(main.locator('[data-testid="stDataFrame"]')).to_be_visible()  # ImageNet's mean/std, the set's own
     expect(main.get_by_text("ImageNet's statistics (from pretrained weights)")).to_be_visible()
     run_and_wait(page, main.get_by_role("button", name="New random views").click)
     wait_for_plotly(page, 2, timeout_ms=SLOW_MS)
@@ -65,7 +65,7 @@ def test_compare_page_overlays_two_runs(page: Page, streamlit_server: str, serve
     accuracy = page.locator('[data-testid="stPlotlyChart"]').first
     expect(accuracy.locator(".main-svg").first).to_be_visible()
     expect(accuracy.locator(".scatterlayer .trace")).to_have_count(2)
-    legend = accuracy.locator(".legendtext").all_inner_texts()
+    legend = accuracy.locator(".legendtext").all_text_contents()  # SVG text has no innerText
     assert sorted(legend) == sorted(server_runs)
     table = page.locator('[data-testid="stDataFrame"]')
     expect(table).to_have_count(1)

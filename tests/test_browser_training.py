@@ -4,12 +4,22 @@ live charts growing while the job runs, Stop, and two browser contexts seeing th
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser import assert_no_exception, goto_page, open_app, run_and_wait, screenshot, wait_for_plotly
+from tests.browser import (
+    assert_no_exception,
+    goto_page,
+    open_app,
+    run_and_wait,
+    screenshot,
+    wait_for_app,
+    wait_for_plotly,
+)
 
 # Each test waits for real jobs; on a loaded machine that takes longer than the suite default.
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -18,11 +28,17 @@ SIDEBAR = '[data-testid="stSidebar"]'
 JOB_TIMEOUT_MS = 300_000  # a loaded 2-core machine; a quiet one needs a fraction of this
 
 # Points of the first trace of the plotly chart inside the element with this Streamlit key
-# (-1 while the chart has not drawn). Plotly keeps the figure's data on its div.
+# (-1 while the chart has not drawn). Plotly keeps the figure's data on its div. During a rerun
+# Streamlit keeps the previous element too, marked data-stale="true": skip it.
 CHART_POINTS = """key => {
-    const el = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+    const el = document.querySelector(`.st-key-${key}:not([data-stale="true"]) .js-plotly-plot`);
     return el && el.data && el.data.length ? el.data[0].x.length : -1;
 }"""
+
+
+def keyed(key: str) -> str:
+    """The current (not stale) element with this Streamlit widget or element key."""
+    return f'.st-key-{key}:not([data-stale="true"])'
 
 
 def set_number(page: Page, label: str, value: float | int) -> None:
@@ -39,15 +55,17 @@ def click_button(page: Page, name: str | re.Pattern[str]) -> None:
     run_and_wait(page, page.get_by_role("button", name=name).click)
 
 
-def growth_while_running(page: Page, key: str, still_running: str, times: int = 2) -> list[int]:
-    """Wait until the chart ``key`` has grown ``times`` times; at each step the element matched by
-    ``still_running`` must be on the page (the job has not ended yet). Returns the point counts."""
+def growth_while_running(page: Page, key: str, stop_key: str, times: int = 3) -> list[int]:
+    """Wait until the chart ``key`` has changed ``times`` times, each time to more points (so it
+    grew at least ``times - 1`` times after it first had points); at each moment the job's Stop
+    button (``stop_key``) must still be there, i.e. the job has not ended. Returns the counts."""
     counts = [page.evaluate(CHART_POINTS, key)]
     for _ in range(times):
         page.wait_for_function(f"n => ({CHART_POINTS})({key!r}) > n", arg=max(counts[-1], 0),
                                timeout=JOB_TIMEOUT_MS)
         counts.append(page.evaluate(CHART_POINTS, key))
-        assert page.locator(still_running).count() > 0, f"the job ended before the chart grew {times} times"
+        assert page.locator(f"{keyed(stop_key)} button").count() > 0, \
+            f"the job ended before the chart grew {times - 1} times: {counts}"
     return counts
 
 
@@ -56,10 +74,16 @@ def stop_everything(page: Page, base_url: str) -> None:
     if not page.url.startswith(base_url):
         open_app(page, base_url)
     sidebar = page.locator(SIDEBAR)
-    for button in sidebar.get_by_role("button", name=re.compile("Stop|Remove from queue")).all():
-        if button.is_enabled():
-            button.click()
-    expect(sidebar).to_contain_text("No jobs running or queued", timeout=JOB_TIMEOUT_MS)
+    stop = sidebar.locator('[data-testid="stButton"]:not([data-stale="true"]) button').filter(
+        has_text=re.compile("Stop|Remove from queue"))
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while "No jobs running or queued" not in sidebar.inner_text():
+        assert time.monotonic() < deadline, f"jobs still listed: {sidebar.inner_text()}"
+        try:
+            stop.first.click(timeout=5_000)  # the button is redrawn every second: it may vanish
+        except PlaywrightTimeoutError:
+            pass
+        page.wait_for_timeout(500)  # polling interval while the jobs stop, not an assumed duration
 
 
 @pytest.fixture
@@ -76,8 +100,9 @@ def test_lr_range_test_grows_live_then_suggests(page: Page, streamlit_server: st
     set_number(page, "Batch size", 8)
     click_button(page, "Start the range test")
     wait_for_plotly(page)
-    counts = growth_while_running(page, "lrf-chart", ".st-key-lrf-stop button")
-    assert counts[-1] > counts[1] > counts[0]
+    counts = growth_while_running(page, "lrf-chart", "lrf-stop")
+    assert 0 < counts[1] < counts[2] < counts[3]
+    page.locator(keyed("lrf-chart")).scroll_into_view_if_needed()
     screenshot(page, "lr-finder-running")
 
     use = page.get_by_role("button", name="Use this LR")
@@ -103,15 +128,17 @@ def test_training_curves_grow_live_and_stop_cancels(page: Page, streamlit_server
     expect(page.get_by_text("Seconds per epoch")).to_be_visible()  # the cost estimate came first
     click_button(page, "Start training")
     wait_for_plotly(page)
-    counts = growth_while_running(page, "train-steps", ".st-key-train-stop button")
-    assert counts[-1] > counts[1] > counts[0] >= 0
+    counts = growth_while_running(page, "train-steps", "train-stop")
+    assert 0 < counts[1] < counts[2] < counts[3]
     expect(page.get_by_text("Images/s")).to_be_visible()
+    page.locator(keyed("train-steps")).scroll_into_view_if_needed()
     screenshot(page, "train-running")
 
-    stop = page.locator(".st-key-train-stop").get_by_role("button")
+    stop = page.locator(keyed("train-stop")).get_by_role("button")
     stop.click()
     expect(page.get_by_text("cancelled", exact=True).first).to_be_visible(timeout=JOB_TIMEOUT_MS)
     expect(page.locator(SIDEBAR)).to_contain_text("No jobs running or queued", timeout=JOB_TIMEOUT_MS)
+    wait_for_app(page)
     assert_no_exception(page)
     screenshot(page, "train-cancelled")
 
@@ -136,7 +163,8 @@ def test_two_browser_contexts_see_the_same_running_job(page: Page, browser: Brow
         screenshot(watcher, "two-contexts-watcher")
         screenshot(page, "two-contexts-owner")
 
-        watcher.locator(SIDEBAR).get_by_role("button", name=re.compile("Stop")).first.click()  # anyone may stop it
+        stop = watcher.locator(SIDEBAR).locator('[data-testid="stButton"]:not([data-stale="true"]) button')
+        stop.filter(has_text="Stop").first.click()  # anyone may stop it
         expect(page.get_by_text("cancelled", exact=True).first).to_be_visible(timeout=JOB_TIMEOUT_MS)
         expect(watcher.locator(SIDEBAR)).to_contain_text("No jobs running or queued", timeout=JOB_TIMEOUT_MS)
     finally:

@@ -65,8 +65,9 @@ def params_digest(model: nn.Module) -> str:
 # ---------------------------------------------------------------------------------- loading
 
 
-def test_a_run_id_loads_its_best_checkpoint_ready_for_inference(run: tuple[RunStore, str],
-                                                                 loaded: inference.LoadedModel) -> None:
+def test_a_run_id_loads_its_best_checkpoint_ready_for_inference(
+    run: tuple[RunStore, str], loaded: inference.LoadedModel
+) -> None:
     _, run_id = run
     assert loaded.run_id == run_id and run_id in loaded.source and "best.pt" in loaded.source
     assert loaded.classes[:3] == ("circle", "square", "triangle") and loaded.num_classes == 10
@@ -76,8 +77,9 @@ def test_a_run_id_loads_its_best_checkpoint_ready_for_inference(run: tuple[RunSt
     assert len(loaded.mean) == len(loaded.std) == 3 and min(loaded.std) > 0
 
 
-def test_a_checkpoint_path_inside_the_runs_dir_gives_the_same_model(run: tuple[RunStore, str],
-                                                                    loaded: inference.LoadedModel) -> None:
+def test_a_checkpoint_path_inside_the_runs_dir_gives_the_same_model(
+    run: tuple[RunStore, str], loaded: inference.LoadedModel
+) -> None:
     store, run_id = run
     by_path = inference.load_model(str(store.root / run_id / "best.pt"), store=store)
     assert by_path.run_id is None and by_path.source.startswith("best.pt")
@@ -85,12 +87,13 @@ def test_a_checkpoint_path_inside_the_runs_dir_gives_the_same_model(run: tuple[R
     images = [picture(seed=1), picture(seed=2)]
     expected = inference.predict(loaded, images)
     for other in (by_path, relative):
-        for got, want in zip(inference.predict(other, images), expected):
+        for got, want in zip(inference.predict(other, images), expected, strict=True):
             np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-5)
 
 
-def test_checkpoint_paths_outside_the_data_and_runs_dirs_are_refused(run: tuple[RunStore, str],
-                                                                     tmp_path: Path) -> None:
+def test_checkpoint_paths_outside_the_data_and_runs_dirs_are_refused(
+    run: tuple[RunStore, str], tmp_path: Path
+) -> None:
     store, run_id = run
     outside = tmp_path / "elsewhere.pt"
     torch.save({"model": {}, "meta": {}}, outside)
@@ -137,20 +140,47 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(run: tuple[Run
         marker.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    ({"features.0.weight": torch.zeros(64, 3, 3, 3)}, "not a checkpoint of this app"),
-    ({"model": {"classifier.6.weight": torch.zeros(5, 4096)}}, "no 'meta' dict"),
-    ({"model": {}, "meta": {"config": "Z", "batch_norm": True}}, "meta 'config' is 'Z'"),
-    ({"model": {}, "meta": {"config": "A", "batch_norm": True, "classes": ["a", "b"], "mean": [0, 0, 0],
-                            "std": [1, 1, 1], "input_size": 8}}, "meta 'input_size' is 8"),
-    ({"model": {"classifier.6.weight": torch.zeros(5, 4096), "classifier.6.bias": torch.zeros(5)},
-      "meta": {"config": "A", "batch_norm": True, "classes": [f"c{i}" for i in range(10)], "mean": [0.5] * 3,
-               "std": [0.25] * 3, "input_size": 32}},
-     r"does not fit vgg11_bn with 10 classes .*missing features\.0\.weight.*classifier\.6\.weight is \(5, 4096\) "
-     r"instead of \(10, 4096\)"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"features.0.weight": torch.zeros(64, 3, 3, 3)}, "not a checkpoint of this app"),
+        ({"model": {"classifier.6.weight": torch.zeros(5, 4096)}}, "no 'meta' dict"),
+        ({"model": {}, "meta": {"config": "Z", "batch_norm": True}}, "meta 'config' is 'Z'"),
+        (
+            {
+                "model": {},
+                "meta": {
+                    "config": "A",
+                    "batch_norm": True,
+                    "classes": ["a", "b"],
+                    "mean": [0, 0, 0],
+                    "std": [1, 1, 1],
+                    "input_size": 8,
+                },
+            },
+            "meta 'input_size' is 8",
+        ),
+        (
+            {
+                "model": {"classifier.6.weight": torch.zeros(5, 4096), "classifier.6.bias": torch.zeros(5)},
+                "meta": {
+                    "config": "A",
+                    "batch_norm": True,
+                    "classes": [f"c{i}" for i in range(10)],
+                    "mean": [0.5] * 3,
+                    "std": [0.25] * 3,
+                    "input_size": 32,
+                },
+            },
+            r"does not fit vgg11_bn with 10 classes .*missing features\.0\.weight.*"
+            r"classifier\.6\.weight is \(5, 4096\) "
+            r"instead of \(10, 4096\)",
+        ),
+    ],
+)
 def test_files_that_are_not_a_fitting_checkpoint_name_what_does_not_match(
-        run: tuple[RunStore, str], payload: object, message: str) -> None:
+    run: tuple[RunStore, str], payload: object, message: str
+) -> None:
     store, _ = run
     path = store.root / "other.pt"
     torch.save(payload, path)
@@ -195,23 +225,27 @@ def test_awkward_images_are_all_classified(loaded: inference.LoadedModel) -> Non
     assert images[list(files).index("exif-rotated.jpg")].size == (36, 48), "EXIF orientation applied"
     predictions = inference.predict(loaded, images, k=5)
     assert len(predictions) == len(files)
-    for name, prediction in zip(files, predictions):
+    for name, prediction in zip(files, predictions, strict=True):
         assert len(prediction.top) == 5, name
         probs = [p for _, p in prediction.top]
         assert probs == sorted(probs, reverse=True), name
         assert all(label in loaded.classes for label, _ in prediction.top), name
-        assert prediction.probabilities.shape == (10,) and prediction.probabilities.sum() == pytest.approx(1, abs=1e-4)
+        assert prediction.probabilities.shape == (10,) and prediction.probabilities.sum() == pytest.approx(
+            1, abs=1e-4
+        )
         assert prediction.top[0] == (prediction.label, prediction.confidence)
 
 
 def test_a_batch_gives_the_same_answers_as_one_image_at_a_time(loaded: inference.LoadedModel) -> None:
     images = [picture(seed=s) for s in range(3)]
     together = inference.predict(loaded, images)
-    for img, batch_result in zip(images, together):
+    for img, batch_result in zip(images, together, strict=True):
         alone = inference.predict(loaded, [img])[0]
         np.testing.assert_allclose(alone.probabilities, batch_result.probabilities, atol=1e-5)
     assert inference.predict(loaded, []) == []
-    assert len(inference.predict(loaded, images[:1], k=50)[0].top) == 10, "k is capped at the number of classes"
+    assert len(inference.predict(loaded, images[:1], k=50)[0].top) == 10, (
+        "k is capped at the number of classes"
+    )
     with pytest.raises(ConfigError, match="k must be"):
         inference.predict(loaded, images[:1], k=0)
 
@@ -221,8 +255,9 @@ def test_preprocessing_steps_match_training_normalisation(loaded: inference.Load
     assert steps["original"].size == (64, 40)
     resized = steps["resized"]
     assert resized.shape == (32, 32, 3) and resized.dtype == np.uint8
-    expected = (torch.from_numpy(resized).permute(2, 0, 1).float() / 255
-                - torch.tensor(loaded.mean)[:, None, None]) / torch.tensor(loaded.std)[:, None, None]
+    expected = (
+        torch.from_numpy(resized).permute(2, 0, 1).float() / 255 - torch.tensor(loaded.mean)[:, None, None]
+    ) / torch.tensor(loaded.std)[:, None, None]
     torch.testing.assert_close(steps["normalised"], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -256,8 +291,12 @@ def test_the_classifier_on_feature_maps_matches_the_models_forward(loaded: infer
     x = inference.preprocess([picture(seed=7)], loaded)
     with torch.no_grad():
         expected = loaded.model(x)
-        torch.testing.assert_close(inference.logits_from_features(loaded.model, loaded.model.features(x)), expected,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            inference.logits_from_features(loaded.model, loaded.model.features(x)),
+            expected,
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 # ---------------------------------------------------------------------------------- ImageNet
@@ -306,7 +345,9 @@ def test_a_run_without_predictions_can_be_evaluated_later(run: tuple[RunStore, s
     finally:
         os.replace(info.path / "predictions.bak", predictions_file)
     assert torch.equal(again["labels"], saved["labels"])
-    torch.testing.assert_close(again["probabilities"].float(), saved["probabilities"].float(), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        again["probabilities"].float(), saved["probabilities"].float(), atol=2e-3, rtol=0
+    )
     assert again["hidden"].shape == saved["hidden"].shape and again["classes"] == saved["classes"]
     assert result["accuracy"] == pytest.approx(info.summary["test_accuracy"])
     assert result["loss"] == pytest.approx(info.summary["test_loss"], rel=1e-3)
@@ -315,6 +356,7 @@ def test_a_run_without_predictions_can_be_evaluated_later(run: tuple[RunStore, s
 def test_run_data_config_needs_data_settings() -> None:
     with pytest.raises(ConfigError, match="no 'data' settings"):
         inference.run_data_config({})
-    cfg = inference.run_data_config({"data": {"source": "synthetic", "input_size": 64, "data_dir": "/no/such/dir",
-                                              "unknown": 1}})
+    cfg = inference.run_data_config(
+        {"data": {"source": "synthetic", "input_size": 64, "data_dir": "/no/such/dir", "unknown": 1}}
+    )
     assert cfg.input_size == 64 and cfg.data_dir is None

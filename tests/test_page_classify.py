@@ -27,8 +27,10 @@ PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "classify.py")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     base = tmp_path_factory.mktemp("classify")
     data = DataConfig(source="synthetic", input_size=32, images_per_class=20, data_dir=base / "data")
-    result = fit(TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=256, data=data, device="cpu"),
-                 store=RunStore(base / "runs"))
+    result = fit(
+        TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=256, data=data, device="cpu"),
+        store=RunStore(base / "runs"),
+    )
     assert result.status == "done" and result.run_id
     return base / "runs", result.run_id
 
@@ -73,17 +75,28 @@ def test_without_runs_the_page_says_to_train_first(monkeypatch: pytest.MonkeyPat
     assert not at.get("file_uploader")
 
 
-def test_uploads_get_a_top5_chart_and_bad_files_a_clear_message(page: AppTest, trained: tuple[Path, str]) -> None:
+def test_uploads_get_a_top5_chart_and_bad_files_a_clear_message(
+    page: AppTest, trained: tuple[Path, str]
+) -> None:
     _, run_id = trained
     assert page.selectbox(key="classify_run").value == run_id
-    assert page.file_uploader(key="classify_upload").allowed_type == [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"]
-    page.file_uploader(key="classify_upload").set_value([
-        ("picture.png", png(), "image/png"),
-        ("notes.jpg", b"Dear class, bring your own pictures tomorrow.\n", "image/jpeg"),
-        ("truncated.jpg", jpeg()[:200], "image/jpeg"),
-        ("huge.png", b"\x89PNG\r\n\x1a\n" + bytes(20_000_001), "image/png"),
-        ("photo.jpg", jpeg(), "image/jpeg"),
-    ])
+    assert page.file_uploader(key="classify_upload").allowed_type == [
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".webp",
+        ".bmp",
+        ".gif",
+    ]
+    page.file_uploader(key="classify_upload").set_value(
+        [
+            ("picture.png", png(), "image/png"),
+            ("notes.jpg", b"Dear class, bring your own pictures tomorrow.\n", "image/jpeg"),
+            ("truncated.jpg", jpeg()[:200], "image/jpeg"),
+            ("huge.png", b"\x89PNG\r\n\x1a\n" + bytes(20_000_001), "image/png"),
+            ("photo.jpg", jpeg(), "image/jpeg"),
+        ]
+    )
     page.run()
     assert not page.exception, [e.value for e in page.exception]
     errors = [e.value for e in page.error]
@@ -97,7 +110,9 @@ def test_uploads_get_a_top5_chart_and_bad_files_a_clear_message(page: AppTest, t
         bars = chart["data"][0]
         assert len(bars["y"]) == 5 and set(bars["y"]) <= set(SHAPE_CLASSES)
         assert list(bars["x"]) == sorted(bars["x"]), "most likely on top (plotly draws bottom-up)"
-    assert [s["data"][0]["type"] for s in specs(page)].count("heatmap") == 2, "normalised channels per picture"
+    assert [s["data"][0]["type"] for s in specs(page)].count("heatmap") == 2, (
+        "normalised channels per picture"
+    )
     captions = [img.caption for block in page.get("image") for img in block.proto.imgs]
     assert any(c.startswith("Grad-CAM") for c in captions) and "2 · squashed to 32×32" in captions
     assert any("ImageNet model is not shown" in c.value for c in page.caption), "offline: says why not"

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -44,7 +45,8 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
     store = RunStore(root)
     ids = []
     for seed, schedule in ((0, "onecycle"), (1, "constant")):
-        result = fit(TrainConfig(data=TINY, epochs=1, batch_size=64, seed=seed, schedule=schedule), store=store)
+        cfg = TrainConfig(data=TINY, epochs=1, batch_size=64, seed=seed, schedule=schedule)
+        result = fit(cfg, store=store)
         assert result.status == "done"
         ids.append(result.run_id)
     return root, ids
@@ -98,19 +100,28 @@ def test_without_runs_or_weights_the_offline_race_is_offered() -> None:
 
 
 def stand_in_job(images: int, *, started: threading.Event | None = None, hold: threading.Event | None = None,
-                 run_id: str = "run") -> Any:
-    """A job that publishes training events like train_task (and may wait for ``hold``)."""
+                 run_id: str = "run", store: RunStore | None = None) -> Any:
+    """A job that publishes training events like train_task (and may wait for ``hold``); with a
+    ``store`` it also writes a small run folder, as a real run would."""
 
     def run(ctx: JobContext) -> Any:
         if started is not None:
             started.set()
-        for i in range(1, 4):
-            ctx.publish(append=StepEvent(i, 1, 2.0 / i, 0.2 * i, 1e-3, 100.0, images * i, 0.1 * i, i / 4),
-                        progress=i / 4)
-        ctx.publish(append=EpochEvent(1, 1.0, 0.5, 0.9, 0.55, 1.0, images * 3, 1.0, True))
+        events: list[Any] = [StepEvent(i, 1, 2.0 / i, 0.2 * i, 1e-3, 100.0, images * i, 0.1 * i, i / 4)
+                             for i in range(1, 4)]
+        events.append(EpochEvent(1, 1.0, 0.5, 0.9, 0.55, 1.0, images * 3, 1.0, True))
+        for e in events:
+            ctx.publish(append=e, progress=min(1.0, getattr(e, "progress", 1.0)))
         if hold is not None:
             hold.wait(30)
-        return SimpleNamespace(run_id=run_id, test_accuracy=0.5, seconds=1.0)
+        name = run_id
+        if store is not None:
+            with store.create({"config": "A", "batch_norm": True, "init": "scratch", "epochs": 1}) as writer:
+                for _, row in compare.history_frame(events).iterrows():
+                    writer.append_metrics({k: v for k, v in row.items() if k == "kind" or not pd.isna(v)})
+                writer.set_status("done", "done", best_val_accuracy=0.55, test_accuracy=0.5)
+            name = writer.run_id
+        return SimpleNamespace(run_id=name, test_accuracy=0.5, seconds=1.0)
 
     return run
 
@@ -153,8 +164,9 @@ def test_imagenet_race_queues_two_runs_with_the_same_budget(monkeypatch: pytest.
     def fake_submit_race(manager: JobManager, pair: compare.RacePair, registry: Any, store: Any, *,
                          owner: str | None = None, source: str = "ImageNet") -> list[str]:
         submitted.extend(pair)
-        return [manager.submit("train", "Race · from scratch", stand_in_job(64, started=started, hold=hold), owner=owner),
-                manager.submit("train", f"Race · from {source}", stand_in_job(64), owner=owner)]
+        first = stand_in_job(64, started=started, hold=hold, store=store)
+        return [manager.submit("train", "Race · from scratch", first, owner=owner),
+                manager.submit("train", f"Race · from {source}", stand_in_job(64, store=store), owner=owner)]
 
     monkeypatch.setattr("vgg.model.pretrained_available", lambda config, batch_norm: True)
     monkeypatch.setattr(compare, "submit_race", fake_submit_race)
@@ -172,3 +184,7 @@ def test_imagenet_race_queues_two_runs_with_the_same_budget(monkeypatch: pytest.
         hold.set()
     run_until(at, lambda a: sum("test accuracy" in c.value for c in a.caption) == 2)
     assert not at.exception
+    at.button(key="race_compare").click().run()
+    assert len(at.multiselect(key="compare_runs").value) == 2  # both race runs, overlaid above
+    accuracy = chart_specs(at)[0]
+    assert len(accuracy["data"]) == 2

@@ -86,11 +86,12 @@ def test_use_this_data_set_sets_the_choice_for_every_page() -> None:
     at = small_data_page()
     assert at.button(key="data_use").disabled  # already in use
     at.number_input(key="data_per_class").set_value(30)
-    at.run()
+    run_until(at, lambda a: not a.button(key="data_use").disabled)  # usable once loaded
+    assert at.metric[1].value == "270"
     at.button(key="data_use").click()
     at.run()
     assert not at.exception
-    assert at.session_state["data_config"] == DataConfig(source="synthetic", input_size=32, images_per_class=30)
+    assert at.session_state["data_config"] == DataConfig(source="synthetic", images_per_class=30)
     assert "30/class" in at.session_state["dataset_label"]
 
 
@@ -109,6 +110,7 @@ def test_cifar10_offline_shows_where_to_put_the_archive(monkeypatch: pytest.Monk
     message = at.error[0].value
     assert "cifar-10-python.tar.gz" in message and str(isolated_dirs["VGG_DATA_DIR"]) in message
     assert at.radio(key="data_source").value == "cifar10"  # the page keeps working
+    assert at.button(key="data_use").disabled  # a set that did not load cannot be chosen
     at.radio(key="data_source").set_value("synthetic")
     run_until(at, lambda a: len(a.get("plotly_chart")) >= 2)
     assert not at.error

@@ -11,8 +11,9 @@ import base64
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,8 +30,10 @@ PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "evaluate.py")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     base = tmp_path_factory.mktemp("evaluate")
     data = DataConfig(source="synthetic", input_size=32, images_per_class=20, data_dir=base / "data")
-    result = fit(TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=256, data=data, device="cpu"),
-                 store=RunStore(base / "runs"))
+    result = fit(
+        TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=256, data=data, device="cpu"),
+        store=RunStore(base / "runs"),
+    )
     assert result.status == "done" and result.run_id
     return base / "runs", result.run_id
 
@@ -127,8 +130,10 @@ def test_confusion_matrix_cells_show_their_images(page: AppTest, trained: tuple[
     page.selectbox(key="cm_pred").set_value(classes[0])
     page.run()
     expected = int(((labels == 0) & (preds == 0)).sum())
-    assert any(f"**{expected}** test images of *{classes[0]}* predicted as *{classes[0]}*" in m.value
-               for m in page.markdown)
+    assert any(
+        f"**{expected}** test images of *{classes[0]}* predicted as *{classes[0]}*" in m.value
+        for m in page.markdown
+    )
     assert len(captions(page)) == min(expected, 30)
     page.toggle(key="cm_normalise").set_value(True).run()
     shares = array(specs(page)[0]["data"][0]["z"])
@@ -149,7 +154,10 @@ def test_mistakes_representations_filters_and_downloads(page: AppTest) -> None:
     assert not page.exception
     pca, tsne = specs(page)
     assert "hidden layer" in pca["layout"]["title"]["text"]
-    assert tsne["layout"]["title"]["text"].startswith("t-SNE") and sum(len(array(t["x"])) for t in tsne["data"]) == 200
+    assert (
+        tsne["layout"]["title"]["text"].startswith("t-SNE")
+        and sum(len(array(t["x"])) for t in tsne["data"]) == 200
+    )
 
     open_section(page, "Filters")
     filters = page.get("image")[0].proto.imgs
@@ -163,7 +171,8 @@ def test_mistakes_representations_filters_and_downloads(page: AppTest) -> None:
 
 
 def test_an_interrupted_run_without_predictions_is_evaluated_on_request(
-        trained: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Runs last in the module: it turns the shared run into an interrupted one."""
     runs, run_id = trained
     folder = runs / run_id

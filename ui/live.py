@@ -275,17 +275,15 @@ def earlier_runs(config: str, batch_norm: bool) -> list[tuple[str, str]]:
 
 
 def weight_files() -> list[str]:
-    """``.pth``/``.pt`` files inside the data dir (relative paths), for the file choice."""
+    """``.pth``/``.pt`` files in the data dir or one folder down (relative paths), for the file choice.
+
+    Not deeper: a data dir holds image folders with tens of thousands of files.
+    """
     from vgg.settings import data_dir
 
     root = data_dir()
-    found = []
-    for path in sorted(root.rglob("*.pt*")):
-        if path.suffix in (".pth", ".pt") and ".cache" not in path.relative_to(root).parts and path.is_file():
-            found.append(str(path.relative_to(root)))
-        if len(found) >= 200:
-            break
-    return found
+    found = [path for pattern in ("*.pt", "*.pth", "*/*.pt", "*/*.pth") for path in root.glob(pattern)]
+    return sorted(str(path.relative_to(root)) for path in found if path.is_file() and not path.name.startswith("."))
 
 
 def init_ui(config: str, batch_norm: bool, *, key: str, allow_file: bool = False) -> str | None:

@@ -41,8 +41,10 @@ def _labels(labels: ArrayLike, name: str, num_classes: int | None = None) -> np.
         raise ConfigError(f"{name} must be one class index per image (1-D), got shape {array.shape}")
     array = array.astype(np.int64)
     if num_classes is not None and len(array) and (array.min() < 0 or array.max() >= num_classes):
-        raise ConfigError(f"{name} holds class {int(array.max() if array.max() >= num_classes else array.min())}, "
-                          f"outside 0..{num_classes - 1}")
+        raise ConfigError(
+            f"{name} holds class {int(array.max() if array.max() >= num_classes else array.min())}, "
+            f"outside 0..{num_classes - 1}"
+        )
     return array
 
 
@@ -77,15 +79,24 @@ def most_confident_mistakes(labels: ArrayLike, probs: ArrayLike, k: int = 16) ->
     true = _labels(labels, "labels")
     p = _array(probs, np.float32)
     if p.ndim != 2 or len(p) != len(true):
-        raise ConfigError(f"probabilities must be (images, classes) for {len(true)} images, got shape {p.shape}")
+        raise ConfigError(
+            f"probabilities must be (images, classes) for {len(true)} images, got shape {p.shape}"
+        )
     pred = p.argmax(1) if len(p) else np.zeros(0, dtype=np.int64)
     wrong = np.flatnonzero(pred != true)
     rows = np.arange(len(p))
     p_pred = p[rows, pred] if len(p) else np.zeros(0, dtype=np.float32)
     p_true = p[rows, np.clip(true, 0, max(p.shape[1] - 1, 0))] if len(p) else np.zeros(0, dtype=np.float32)
-    order = wrong[np.argsort(-p_pred[wrong], kind="stable")][:max(int(k), 0)]
-    return pd.DataFrame({"index": order.astype(np.int64), "true": true[order], "predicted": pred[order].astype(np.int64),
-                         "p_true": p_true[order].astype(np.float64), "p_pred": p_pred[order].astype(np.float64)})
+    order = wrong[np.argsort(-p_pred[wrong], kind="stable")][: max(int(k), 0)]
+    return pd.DataFrame(
+        {
+            "index": order.astype(np.int64),
+            "true": true[order],
+            "predicted": pred[order].astype(np.int64),
+            "p_true": p_true[order].astype(np.float64),
+            "p_pred": p_pred[order].astype(np.float64),
+        }
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,13 +137,16 @@ def pca_2d(features: ArrayLike) -> Embedding2D:
     if len(x) == 0:
         return Embedding2D(np.zeros((0, 2), np.float32), np.zeros(0, np.int64), "PCA", (0.0, 0.0))
     if len(x) < 2:
-        return Embedding2D(np.zeros((len(x), 2), np.float32), np.arange(len(x), dtype=np.int64), "PCA", (0.0, 0.0))
+        return Embedding2D(
+            np.zeros((len(x), 2), np.float32), np.arange(len(x), dtype=np.int64), "PCA", (0.0, 0.0)
+        )
     scores, ratios = _top_components(x, 2)
     points = np.zeros((len(x), 2))
-    points[:, :scores.shape[1]] = scores
+    points[:, : scores.shape[1]] = scores
     shares = [float(r) for r in ratios] + [0.0, 0.0]
-    return Embedding2D(points.astype(np.float32), np.arange(len(x), dtype=np.int64), "PCA",
-                       (shares[0], shares[1]))
+    return Embedding2D(
+        points.astype(np.float32), np.arange(len(x), dtype=np.int64), "PCA", (shares[0], shares[1])
+    )
 
 
 def sample_rows(n: int, max_points: int, seed: int = 0) -> np.ndarray:
@@ -157,15 +171,22 @@ def tsne_2d(features: ArrayLike, seed: int = 0, max_points: int = TSNE_MAX_POINT
     x = x[index]
     if len(x) < 4:  # t-SNE needs a few neighbours; a tiny sample is shown as it is
         points = np.zeros((len(x), 2), np.float32)
-        points[:, :min(2, x.shape[1])] = x[:, :2]
+        points[:, : min(2, x.shape[1])] = x[:, :2]
         return Embedding2D(points, index, "t-SNE")
     if x.shape[1] > TSNE_PCA_DIMS:
         x, _ = _top_components(x, TSNE_PCA_DIMS)
     perplexity = float(min(30.0, (len(x) - 1) / 3))
     # For a few hundred points the exact gradient is faster than Barnes-Hut's tree on this CPU.
     method = "exact" if len(x) <= TSNE_EXACT_BELOW else "barnes_hut"
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
-                max_iter=500, method=method)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        learning_rate="auto",
+        random_state=seed,
+        max_iter=500,
+        method=method,
+    )
     points = tsne.fit_transform(x.astype(np.float32))
     return Embedding2D(points.astype(np.float32), index, "t-SNE")
 

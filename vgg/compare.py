@@ -60,8 +60,8 @@ def history_frame(history: Iterable[Any]) -> pd.DataFrame:
                          "seconds": e.seconds, "lr": e.lr, "loss": e.loss, "accuracy": e.accuracy,
                          "images_per_second": e.images_per_second})
         elif isinstance(e, EpochEvent):
-            rows.append({"kind": "epoch", "epoch": e.epoch, "images_seen": e.images_seen, "seconds": e.elapsed,
-                         "train_loss": e.train_loss, "train_accuracy": e.train_accuracy,
+            rows.append({"kind": "epoch", "epoch": e.epoch, "images_seen": e.images_seen,
+                         "seconds": e.elapsed, "train_loss": e.train_loss, "train_accuracy": e.train_accuracy,
                          "val_loss": e.val_loss, "val_accuracy": e.val_accuracy})
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     numeric = [c for c in METRIC_COLUMNS if c != "kind"]
@@ -88,7 +88,8 @@ def ema(values: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
     return out
 
 
-def run_curve(metrics: pd.DataFrame, metric: str, x: str = "images_seen", *, smoothing: float = 0.0) -> pd.DataFrame:
+def run_curve(metrics: pd.DataFrame, metric: str, x: str = "images_seen", *,
+              smoothing: float = 0.0) -> pd.DataFrame:
     """One run's curve of ``metric`` (a key of CURVES) against ``x`` (a key of X_AXES): columns x, y.
 
     Rows without a value are dropped; ``smoothing`` applies an EMA to per-step curves only
@@ -120,6 +121,13 @@ def align_curves(metrics_by_run: Mapping[str, pd.DataFrame], metric: str, x: str
         return pd.DataFrame({"run": pd.Series(dtype="object"), "x": pd.Series(dtype="float64"),
                              "y": pd.Series(dtype="float64")})
     return pd.concat(parts, ignore_index=True)
+
+
+def race_curves(history: Iterable[Any], *, smoothing: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A live run's curves against images seen: (training accuracy per batch, smoothed;
+    validation accuracy per epoch)."""
+    frame = history_frame(history)
+    return run_curve(frame, "train_accuracy", smoothing=smoothing), run_curve(frame, "val_accuracy")
 
 
 def value_at(curve: pd.DataFrame, x: float) -> float | None:
@@ -208,7 +216,8 @@ def race_pair(base: TrainConfig, init: str = "imagenet") -> RacePair:
     at 0.1 × lr when pretrained, as the notebook) and no freezing from scratch.
     """
     if init == "scratch":
-        raise ConfigError("the pretrained side of the race needs weights: 'imagenet', 'run:<id>' or a .pth file")
+        raise ConfigError("the pretrained side of the race needs weights: choose 'imagenet', 'run:<id>' "
+                          "or a .pth file")
     scratch = replace(base, init="scratch", freeze="none", lr_ratio=None)
     pretrained = replace(base, init=init, lr_ratio=None)
     return RacePair(scratch, pretrained)
@@ -255,10 +264,12 @@ class ClassSubsetRegistry(DataRegistry):
         return subset_classes(self.inner.get(cfg, progress), self.classes)
 
 
-def restrict_classes(cfg: TrainConfig, classes: Sequence[str], registry: DataRegistry) -> tuple[TrainConfig, DataRegistry]:
+def restrict_classes(cfg: TrainConfig, classes: Sequence[str],
+                     registry: DataRegistry) -> tuple[TrainConfig, DataRegistry]:
     """``cfg`` and a registry that train on ``classes`` only."""
     if _DATA_HAS_CLASSES:
-        return replace(cfg, data=replace(cfg.data, classes=tuple(classes))), registry  # type: ignore[call-arg]
+        data = replace(cfg.data, classes=tuple(classes))  # type: ignore[call-arg]
+        return replace(cfg, data=data), registry
     return cfg, ClassSubsetRegistry(registry, classes)
 
 
@@ -272,7 +283,8 @@ class TransferPlan:
 
     def pretrain_config(self) -> TrainConfig:
         cfg = with_images_per_class(self.base, self.pretrain_images_per_class)
-        return replace(cfg, init="scratch", freeze="none", lr_ratio=None, epochs=self.pretrain_epochs or self.base.epochs)
+        epochs = self.pretrain_epochs or self.base.epochs
+        return replace(cfg, init="scratch", freeze="none", lr_ratio=None, epochs=epochs)
 
     def finetune_pair(self, pretrain_run_id: str) -> RacePair:
         return race_pair(self.base, f"run:{pretrain_run_id}")
@@ -300,7 +312,7 @@ def transfer_task(plan: TransferPlan, registry: DataRegistry, store: RunStore, m
     """One job: pretrain on the first classes, then (if it finished) queue the two fine-tuning runs.
 
     Publishes ``extra``: ``source_classes`` and ``target_classes`` once the data are loaded,
-    ``pretrain_run_id`` when training starts and ``followups`` (the two job ids: scratch,
+    ``pretrain_run_id`` when the pretraining ends and ``followups`` (the two job ids: scratch,
     from the run) when they are queued. Its history is the pretraining run's events.
     """
 

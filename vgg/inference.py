@@ -111,8 +111,13 @@ class Prediction:
 # Loading
 
 
-def load_model(source: str, *, store: RunStore, allowed_roots: Sequence[Path | str] | None = None,
-               device: torch.device | str | None = None) -> LoadedModel:
+def load_model(
+    source: str,
+    *,
+    store: RunStore,
+    allowed_roots: Sequence[Path | str] | None = None,
+    device: torch.device | str | None = None,
+) -> LoadedModel:
     """Load a run's ``best.pt`` (``source`` is a run id) or a checkpoint file (``source`` is a path).
 
     ``allowed_roots`` are the folders a checkpoint file may lie in (default: the runs dir of
@@ -128,8 +133,7 @@ def load_model(source: str, *, store: RunStore, allowed_roots: Sequence[Path | s
     if _is_run(source, store):
         checkpoint = store.load_checkpoint(source, "best")
         label = f"run {source} · best.pt"
-        return _from_checkpoint(checkpoint, label, device, run_id=source,
-                                run_config=store.get(source).config)
+        return _from_checkpoint(checkpoint, label, device, run_id=source, run_config=store.get(source).config)
     roots = [Path(r) for r in allowed_roots] if allowed_roots else [store.root, data_dir()]
     path = _checkpoint_path(source, roots, store)
     checkpoint = read_checkpoint_file(path, label=path.name)
@@ -156,13 +160,21 @@ def _checkpoint_path(source: str, roots: list[Path], store: RunStore) -> Path:
     return path
 
 
-def _from_checkpoint(checkpoint: Any, label: str, device: torch.device, *, run_id: str | None,
-                     run_config: Mapping[str, Any] | None) -> LoadedModel:
+def _from_checkpoint(
+    checkpoint: Any,
+    label: str,
+    device: torch.device,
+    *,
+    run_id: str | None,
+    run_config: Mapping[str, Any] | None,
+) -> LoadedModel:
     """Check a ``{"model": state_dict, "meta": {...}}`` checkpoint and build its model."""
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
-        raise CheckpointError(f"{label} is not a checkpoint of this app: expected a dict with 'model' "
-                              "(a state dict) and 'meta' (config, classes, mean, std, input_size), "
-                              f"found {_describe(checkpoint)}")
+        raise CheckpointError(
+            f"{label} is not a checkpoint of this app: expected a dict with 'model' "
+            "(a state dict) and 'meta' (config, classes, mean, std, input_size), "
+            f"found {_describe(checkpoint)}"
+        )
     meta = checkpoint.get("meta")
     if not isinstance(meta, Mapping):
         raise CheckpointError(f"{label} has no 'meta' dict, so its architecture and classes are unknown")
@@ -174,16 +186,28 @@ def _from_checkpoint(checkpoint: Any, label: str, device: torch.device, *, run_i
     name = model_name(config, batch_norm)
     with torch.device("meta"):  # no time spent initialising what the state dict overwrites
         model = build_vgg(config, batch_norm=batch_norm, num_classes=len(classes))
-    _check_state_fits(model, state, f"{label} does not fit {name} with {len(classes)} classes (from its meta)")
+    _check_state_fits(
+        model, state, f"{label} does not fit {name} with {len(classes)} classes (from its meta)"
+    )
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device).eval().requires_grad_(False)
     data_size = _data_size(run_config)
     epoch = meta.get("epoch")
     source = f"{label} (epoch {epoch})" if isinstance(epoch, int) else label
-    return LoadedModel(model=model, classes=classes, mean=mean, std=std, input_size=input_size, config=config,
-                       batch_norm=batch_norm, source=source, run_id=run_id,
-                       data_size=data_size if data_size is not None and data_size < input_size else None,
-                       device=device, meta=dict(meta))
+    return LoadedModel(
+        model=model,
+        classes=classes,
+        mean=mean,
+        std=std,
+        input_size=input_size,
+        config=config,
+        batch_norm=batch_norm,
+        source=source,
+        run_id=run_id,
+        data_size=data_size if data_size is not None and data_size < input_size else None,
+        device=device,
+        meta=dict(meta),
+    )
 
 
 def _describe(value: Any) -> str:
@@ -193,34 +217,49 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _read_meta(meta: Mapping[str, Any], label: str) -> tuple[str, bool, tuple[str, ...], tuple[float, float, float],
-                                                             tuple[float, float, float], int]:
+def _read_meta(
+    meta: Mapping[str, Any], label: str
+) -> tuple[str, bool, tuple[str, ...], tuple[float, float, float], tuple[float, float, float], int]:
     """Validate the checkpoint's metadata; every problem names the key and the bad value."""
     config = meta.get("config")
     if config not in CONFIG_NAMES:
-        raise CheckpointError(f"{label}: meta 'config' is {config!r}; expected one of {', '.join(CONFIG_NAMES)}")
+        raise CheckpointError(
+            f"{label}: meta 'config' is {config!r}; expected one of {', '.join(CONFIG_NAMES)}"
+        )
     batch_norm = meta.get("batch_norm")
     if not isinstance(batch_norm, bool):
         raise CheckpointError(f"{label}: meta 'batch_norm' is {batch_norm!r}; expected true or false")
     classes = meta.get("classes")
-    if (not isinstance(classes, (list, tuple)) or len(classes) < 2
-            or not all(isinstance(c, str) for c in classes)):
+    if (
+        not isinstance(classes, (list, tuple))
+        or len(classes) < 2
+        or not all(isinstance(c, str) for c in classes)
+    ):
         raise CheckpointError(f"{label}: meta 'classes' must be a list of at least 2 class names")
     num_classes = meta.get("num_classes", len(classes))
     if num_classes != len(classes):
-        raise CheckpointError(f"{label}: meta 'num_classes' is {num_classes!r} but it lists {len(classes)} classes")
+        raise CheckpointError(
+            f"{label}: meta 'num_classes' is {num_classes!r} but it lists {len(classes)} classes"
+        )
     stats = []
     for key in ("mean", "std"):
         value = meta.get(key)
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-                or (key == "std" and min(value) <= 0)):
-            raise CheckpointError(f"{label}: meta {key!r} is {str(value)[:60]}; expected three numbers (R, G, B)")
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 3
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            or (key == "std" and min(value) <= 0)
+        ):
+            raise CheckpointError(
+                f"{label}: meta {key!r} is {str(value)[:60]}; expected three numbers (R, G, B)"
+            )
         stats.append(tuple(float(v) for v in value))
     size = meta.get("input_size")
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-        raise CheckpointError(f"{label}: meta 'input_size' is {size!r}; expected a whole number from "
-                              f"{MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
+        raise CheckpointError(
+            f"{label}: meta 'input_size' is {size!r}; expected a whole number from "
+            f"{MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"
+        )
     return config, batch_norm, tuple(classes), stats[0], stats[1], size  # type: ignore[return-value]
 
 
@@ -229,8 +268,11 @@ def _check_state_fits(model: nn.Module, state: Mapping[str, Tensor], prefix: str
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} is {tuple(state[k].shape)} instead of {expected[k]}"
-              for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)} instead of {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
     problems = []
     for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape:", shapes)):
         if items:
@@ -285,8 +327,13 @@ def _resized(img: Image.Image, loaded: LoadedModel) -> Tensor:
     # Trained on data_size images upsampled per batch: do the same, or the input is sharper than
     # anything the model has seen.
     small = to_float(image_to_tensor(img, loaded.data_size).unsqueeze(0))
-    big = F.interpolate(small, size=(loaded.input_size, loaded.input_size), mode="bilinear", antialias=True,
-                        align_corners=False)
+    big = F.interpolate(
+        small,
+        size=(loaded.input_size, loaded.input_size),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     return (big[0].clamp(0, 1) * 255).round().to(torch.uint8)
 
 
@@ -302,8 +349,13 @@ def preprocess_steps(img: Image.Image, loaded: LoadedModel) -> dict[str, Any]:
     (3, S, S), "mean": (r, g, b), "std": (r, g, b)}``.
     """
     resized = _resized(img, loaded)
-    return {"original": img, "resized": resized.permute(1, 2, 0).contiguous().numpy(),
-            "normalised": _normalised(resized, loaded), "mean": loaded.mean, "std": loaded.std}
+    return {
+        "original": img,
+        "resized": resized.permute(1, 2, 0).contiguous().numpy(),
+        "normalised": _normalised(resized, loaded),
+        "mean": loaded.mean,
+        "std": loaded.std,
+    }
 
 
 def preprocess(images: Sequence[Image.Image], loaded: LoadedModel) -> Tensor:
@@ -315,8 +367,13 @@ def normalise_batch(loaded: LoadedModel, images: Tensor) -> Tensor:
     """uint8 images (N, 3, H, W) of a data set → the normalised float batch the model sees (on the CPU)."""
     x = to_float(images)
     if x.shape[-1] != loaded.input_size or x.shape[-2] != loaded.input_size:
-        x = F.interpolate(x, size=(loaded.input_size, loaded.input_size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(
+            x,
+            size=(loaded.input_size, loaded.input_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
     return normalize(x, loaded.mean, loaded.std)
 
 
@@ -332,7 +389,7 @@ def predict(loaded: LoadedModel, images: Sequence[Image.Image], k: int = TOP_K) 
     out = []
     for row in probabilities:
         values, index = row.topk(k)
-        top = tuple((loaded.classes[int(i)], float(v)) for v, i in zip(values, index))
+        top = tuple((loaded.classes[int(i)], float(v)) for v, i in zip(values, index, strict=True))
         out.append(Prediction(top=top, probabilities=row.numpy().astype(np.float32)))
     return out
 
@@ -378,12 +435,12 @@ def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -
     x = preprocess([img], loaded)
     last = last_conv_index(model)
     with torch.no_grad():
-        for layer in model.features[:last + 1]:
+        for layer in model.features[: last + 1]:
             x = layer(x)
     activation = x.detach().requires_grad_(True)  # (1, C, h, w)
     with torch.enable_grad():
         y = activation.clone()  # the next ReLU is in place: it must not touch `activation`
-        for layer in model.features[last + 1:]:
+        for layer in model.features[last + 1 :]:
             y = layer(y)
         logits = logits_from_features(model, y)
         if target is None:
@@ -403,11 +460,18 @@ def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -
 def overlay_heatmap(img: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """``img`` with ``heatmap`` (H', W') in [0, 1] stretched over it in a blue→red colour scale."""
     rgb = img.convert("RGB")
-    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255), mode="L").resize(rgb.size, Image.Resampling.BICUBIC)
+    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255), mode="L").resize(
+        rgb.size, Image.Resampling.BICUBIC
+    )
     h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
-    colour = np.concatenate([np.clip(1.5 - np.abs(4 * h - 3), 0, 1),  # red
-                             np.clip(1.5 - np.abs(4 * h - 2), 0, 1),  # green
-                             np.clip(1.5 - np.abs(4 * h - 1), 0, 1)], axis=-1)  # blue: a "jet" scale
+    colour = np.concatenate(
+        [
+            np.clip(1.5 - np.abs(4 * h - 3), 0, 1),  # red
+            np.clip(1.5 - np.abs(4 * h - 2), 0, 1),  # green
+            np.clip(1.5 - np.abs(4 * h - 1), 0, 1),
+        ],
+        axis=-1,
+    )  # blue: a "jet" scale
     base = np.asarray(rgb, dtype=np.float32) / 255.0
     blended = (1 - alpha) * base + alpha * colour
     return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255 + 0.5), mode="RGB")
@@ -416,7 +480,10 @@ def overlay_heatmap(img: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -
 # --------------------------------------------------------------------------------------------
 # The untouched ImageNet model
 
-def load_imagenet_model(config: str, batch_norm: bool, *, device: torch.device | str | None = None) -> LoadedModel:
+
+def load_imagenet_model(
+    config: str, batch_norm: bool, *, device: torch.device | str | None = None
+) -> LoadedModel:
     """torchvision's ImageNet VGG with its own 1000-class head, from the local weight cache only.
 
     Raises ``WeightsUnavailableError`` when the weights are not cached (or were never published).
@@ -425,8 +492,10 @@ def load_imagenet_model(config: str, batch_norm: bool, *, device: torch.device |
     weights = imagenet_weights(config, batch_norm)  # raises for A-LRN and C
     name = model_name(config, batch_norm)
     if not pretrained_available(config, batch_norm):
-        raise WeightsUnavailableError(f"ImageNet weights for {name} are not cached: put "
-                                      f"{weights_file_name(config, batch_norm)} into {weights_cache_dir()}")
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {name} are not cached: put "
+            f"{weights_file_name(config, batch_norm)} into {weights_cache_dir()}"
+        )
     file_name = weights_file_name(config, batch_norm)
     state = load_state_dict_file(weights_cache_dir() / file_name)
     categories = tuple(weights.meta.get("categories") or ())
@@ -442,13 +511,23 @@ def load_imagenet_model(config: str, batch_norm: bool, *, device: torch.device |
     device = torch.device(device) if device is not None else torch.device("cpu")
     model.to(device).eval().requires_grad_(False)
     transforms = weights.transforms()
-    return LoadedModel(model=model, classes=categories, mean=tuple(transforms.mean), std=tuple(transforms.std),
-                       input_size=IMAGENET_CROP, config=config, batch_norm=batch_norm,
-                       source=f"ImageNet weights {file_name}", crop_from=IMAGENET_RESIZE, device=device)
+    return LoadedModel(
+        model=model,
+        classes=categories,
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
+        input_size=IMAGENET_CROP,
+        config=config,
+        batch_norm=batch_norm,
+        source=f"ImageNet weights {file_name}",
+        crop_from=IMAGENET_RESIZE,
+        device=device,
+    )
 
 
-def imagenet_top5(img: Image.Image, config: str, batch_norm: bool, *, model: LoadedModel | None = None,
-                  k: int = TOP_K) -> list[tuple[str, float]] | None:
+def imagenet_top5(
+    img: Image.Image, config: str, batch_norm: bool, *, model: LoadedModel | None = None, k: int = TOP_K
+) -> list[tuple[str, float]] | None:
     """What the untouched ImageNet model sees: its top ``k`` (category, probability), or None
     when its weights are not cached here. Pass ``model`` (from ``load_imagenet_model``) to reuse one."""
     if model is None:
@@ -462,8 +541,9 @@ def imagenet_top5(img: Image.Image, config: str, batch_norm: bool, *, model: Loa
 # Evaluating a checkpoint later (a run interrupted before its test evaluation)
 
 
-def evaluate_loaded(loaded: LoadedModel, data: TensorData, *, batch_size: int = 128,
-                    cancel: threading.Event | None = None) -> dict[str, Any]:
+def evaluate_loaded(
+    loaded: LoadedModel, data: TensorData, *, batch_size: int = 128, cancel: threading.Event | None = None
+) -> dict[str, Any]:
     """Test-set predictions of ``loaded`` on ``data`` in the format of ``predictions.pt``.
 
     Returns ``{"labels", "probabilities" (float16 N×C), "hidden" (float16, first ≤1000 rows),
@@ -474,12 +554,25 @@ def evaluate_loaded(loaded: LoadedModel, data: TensorData, *, batch_size: int = 
     pipeline = BatchPipeline(loaded.mean, loaded.std, loaded.device, loaded.input_size, False)
     result = evaluate(loaded.model, data, pipeline, batch_size=batch_size, keep_hidden=True, cancel=cancel)
     hidden = result.hidden[:HIDDEN_ROWS].half() if result.hidden is not None else None
-    return {"labels": result.labels, "probabilities": result.probabilities.half(), "hidden": hidden,
-            "classes": list(loaded.classes), "split": "test", "loss": result.loss, "accuracy": result.accuracy}
+    return {
+        "labels": result.labels,
+        "probabilities": result.probabilities.half(),
+        "hidden": hidden,
+        "classes": list(loaded.classes),
+        "split": "test",
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+    }
 
 
-def evaluate_run(store: RunStore, run_id: str, splits: DataSplits, *,
-                 cancel: threading.Event | None = None, device: torch.device | str | None = None) -> dict[str, Any]:
+def evaluate_run(
+    store: RunStore,
+    run_id: str,
+    splits: DataSplits,
+    *,
+    cancel: threading.Event | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """Evaluate a run's ``best.pt`` on ``splits.test`` and save ``predictions.pt`` in its folder.
 
     For runs that stopped before their test evaluation (interrupted, failed, cancelled early).
@@ -488,8 +581,10 @@ def evaluate_run(store: RunStore, run_id: str, splits: DataSplits, *,
     """
     loaded = load_model(run_id, store=store, device=device)
     if tuple(splits.classes) != loaded.classes:
-        raise CheckpointError(f"run {run_id} was trained on classes {', '.join(loaded.classes[:4])}… but the "
-                              f"data set has {', '.join(splits.classes[:4])}…; it cannot be evaluated on it")
+        raise CheckpointError(
+            f"run {run_id} was trained on classes {', '.join(loaded.classes[:4])}… but the "
+            f"data set has {', '.join(splits.classes[:4])}…; it cannot be evaluated on it"
+        )
     predictions = evaluate_loaded(loaded, splits.test, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise CheckpointError(f"the evaluation of run {run_id} was stopped; nothing was saved")

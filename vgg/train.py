@@ -389,6 +389,17 @@ class HeadOnly(nn.Module):
         return self.vgg.head_with_hidden(x)
 
 
+@dataclass(frozen=True)
+class FeatureData:
+    """Cached feature maps standing in for a split's images: ``images`` (N, 512, h, w) float32."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 FEATURE_CACHE_LIMIT_BYTES = 2 * 1024**3  # above this, frozen features are recomputed every step
 
 
@@ -400,7 +411,7 @@ def uses_feature_cache(cfg: TrainConfig) -> bool:
 @torch.no_grad()
 def compute_features(model: nn.Module, data: TensorData, pipeline: "BatchPipeline", *,
                      batch_size: int = 256, autocast_dtype: torch.dtype | None = None,
-                     cancel: threading.Event | None = None) -> TensorData:
+                     cancel: threading.Event | None = None) -> FeatureData:
     """The (frozen, eval-mode) feature maps of every image, ``(N, 512, h, w)`` float32 on the CPU."""
     was_training = model.training
     model.eval()
@@ -416,7 +427,7 @@ def compute_features(model: nn.Module, data: TensorData, pipeline: "BatchPipelin
     finally:
         model.train(was_training)
     features = torch.cat(chunks) if chunks else torch.zeros(0)
-    return TensorData(features, data.labels[: len(features)])
+    return FeatureData(features, data.labels[: len(features)])
 
 
 def iterate_batches(data: TensorData, batch_size: int, *, shuffle: bool,

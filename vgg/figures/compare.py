@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 
 # One colour per run, in the order the runs are given (plotly's default palette, darker first).
 RUN_COLORS: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )
 RACE_COLORS: dict[str, str] = {"scratch": "#7f7f7f", "pretrained": "#ff7f0e"}
 MARKERS_BELOW = 30  # curves with fewer points show their markers (per-epoch curves)
@@ -32,11 +33,13 @@ def overlay_figure(curves: pd.DataFrame, *, x_title: str, y_title: str, title: s
     the legend text (default: the run id).
     """
     fig = go.Figure()
+    y_format = ".1%" if percent else ".3f"
     for i, (run, group) in enumerate(curves.groupby("run", sort=False)):
         name = (labels or {}).get(str(run), str(run))
         fig.add_scatter(
-            x=group["x"], y=group["y"], name=name, mode=_mode(len(group)), line={"color": run_color(i), "width": 2},
-            hovertemplate=f"{name}<br>{x_title} %{{x:,.0f}}<br>{y_title} %{{y:{'.1%' if percent else '.3f'}}}<extra></extra>",
+            x=group["x"], y=group["y"], name=name, mode=_mode(len(group)),
+            line={"color": run_color(i), "width": 2},
+            hovertemplate=f"{name}<br>{x_title} %{{x:,.0f}}<br>{y_title} %{{y:{y_format}}}<extra></extra>",
         )
     fig.update_layout(
         title=title, height=360, margin={"l": 10, "r": 10, "t": 40 if title else 20, "b": 10},
@@ -49,20 +52,22 @@ def overlay_figure(curves: pd.DataFrame, *, x_title: str, y_title: str, title: s
     return fig
 
 
-def race_figure(lanes: Sequence[tuple[str, str, pd.DataFrame, pd.DataFrame]], *, x_title: str = "images seen") -> go.Figure:
+def race_figure(lanes: Sequence[tuple[str, str, pd.DataFrame, pd.DataFrame]], *,
+                x_title: str = "images seen") -> go.Figure:
     """The race, side by side: training accuracy per batch (smoothed) and validation accuracy per epoch.
 
     ``lanes``: (name, role, training curve, validation curve), role "scratch" or "pretrained"
     (sets the colour), each curve with columns x, y and accuracies in 0..1.
     """
-    fig = make_subplots(rows=1, cols=2, shared_xaxes=False, horizontal_spacing=0.08,
-                        subplot_titles=("training accuracy (smoothed, per batch)", "validation accuracy (per epoch)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+        "training accuracy (smoothed, per batch)", "validation accuracy (per epoch)"))
     for i, (name, role, train, val) in enumerate(lanes):
-        color = RACE_COLORS.get(role, run_color(i))
+        line = {"color": RACE_COLORS.get(role, run_color(i)), "width": 2,
+                "dash": "dot" if role == "scratch" else "solid"}
         for col, curve in ((1, train), (2, val)):
             fig.add_scatter(
                 x=curve["x"], y=curve["y"], name=name, legendgroup=name, showlegend=col == 1, row=1, col=col,
-                mode=_mode(len(curve)), line={"color": color, "width": 2, "dash": "solid" if role != "scratch" else "dot"},
+                mode=_mode(len(curve)), line=line,
                 hovertemplate=f"{name}<br>{x_title} %{{x:,.0f}}<br>accuracy %{{y:.1%}}<extra></extra>",
             )
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
