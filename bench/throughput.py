@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vgg.data import DataConfig, load_data  # noqa: E402
+from vgg.settings import data_dir  # noqa: E402
 from vgg.model import build_vgg, param_groups  # noqa: E402
 from vgg.train import BatchPipeline, iterate_batches, make_optimizer, train_step, TrainConfig, choose_precision  # noqa: E402
 
@@ -95,12 +95,11 @@ def main() -> int:
     nb_iter = notebook_batches(root, args.size, args.batch_size, mean, std)
 
     # The engine.
-    with tempfile.TemporaryDirectory() as cache:
-        if root is not None:
-            splits = load_data(DataConfig(source=str(root), input_size=args.size, data_dir=root.parent,
-                                          cache_dir=Path(cache)))
-        else:
-            splits = load_data(DataConfig(source="synthetic", input_size=args.size))
+    if root is not None:
+        splits = load_data(DataConfig(source=str(root), input_size=args.size, data_dir=root.parent,
+                                      cache_dir=data_dir() / ".cache"))
+    else:
+        splits = load_data(DataConfig(source="synthetic", input_size=args.size))
     cfg = TrainConfig(lr=5e-4, precision=args.precision, device="cpu")
     en_model = build_vgg("A", batch_norm=True, num_classes=len(splits.classes))
     en_model.to(memory_format=torch.channels_last)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vgg.data import DataConfig, load_data  # noqa: E402
+from vgg.settings import data_dir  # noqa: E402
 from vgg.train import EpochEvent, TrainConfig, fit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -38,17 +38,16 @@ def main() -> int:
 
     defaults = TrainConfig()
     ipc = args.images_per_class or defaults.data.images_per_class
-    with tempfile.TemporaryDirectory() as cache:
-        if (args.data / "train").is_dir():
-            data_cfg = DataConfig(source=str(args.data), input_size=32, images_per_class=ipc,
-                                  data_dir=args.data.parent, cache_dir=Path(cache))
-        else:
-            print("../shared/data absent: using the synthetic set")
-            data_cfg = DataConfig(source="synthetic", input_size=32, images_per_class=ipc)
-        t = time.perf_counter()
-        splits = load_data(data_cfg)
-        print(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test "
-              f"images, loaded in {time.perf_counter() - t:.1f} s")
+    if (args.data / "train").is_dir():
+        data_cfg = DataConfig(source=str(args.data), input_size=32, images_per_class=ipc,
+                              data_dir=args.data.parent, cache_dir=data_dir() / ".cache")
+    else:
+        print("../shared/data absent: using the synthetic set")
+        data_cfg = DataConfig(source="synthetic", input_size=32, images_per_class=ipc)
+    t = time.perf_counter()
+    splits = load_data(data_cfg)
+    print(f"data: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test "
+          f"images, loaded in {time.perf_counter() - t:.1f} s")
     cfg = TrainConfig(
         config="A", batch_norm=True, init="scratch", data=data_cfg, epochs=args.epochs or 1000,
         time_budget_s=args.budget, schedule=args.schedule, precision=args.precision,

@@ -44,7 +44,9 @@ if not hasattr(vgg_tasks, "LRFinderJobResult"):
 
 LESSONS = Path(__file__).resolve().parent.parent / "assets" / "lr_finder"
 JOB = "lrf_job"  # st.session_state key: id of this session's latest range test
-RULE_TITLES = {"steepest": "Steepest slope", "valley": "Valley (fastai's default)", "min_div10": "Minimum ÷ 10"}
+RULE_TITLES = {"steepest": "Steepest slope", "valley": "Valley (fastai's default)",
+               "min_div10": "Minimum ÷ 10"}
+S = {"persist_state": "session"}  # settings survive a visit to another page
 
 
 def lesson(name: str) -> None:
@@ -54,28 +56,23 @@ def lesson(name: str) -> None:
 def model_ui() -> tuple[TrainConfig | None, LRFinderConfig | None, bool]:
     """The model, its starting weights and the range test's settings; (None, None, False) if invalid."""
     a, b, c, d = st.columns([2.2, 1, 1.3, 1], vertical_alignment="bottom")
-    config = a.selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="lrf-config",
-                         persist_state="session")
-    batch_norm = b.toggle("Batch norm", value=True, key="lrf-bn", persist_state="session")
-    optimizer = c.selectbox("Optimizer", OPTIMIZERS, key="lrf-optimizer", persist_state="session")
-    batch_size = d.number_input("Batch size", min_value=0, max_value=100_000, value=128, key="lrf-batch",
-                                persist_state="session")
+    config = a.selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="lrf-config", **S)
+    batch_norm = b.toggle("Batch norm", value=True, key="lrf-bn", **S)
+    optimizer = c.selectbox("Optimizer", OPTIMIZERS, key="lrf-optimizer", **S)
+    batch_size = d.number_input("Batch size", 0, 100_000, 128, key="lrf-batch", **S)
     init = init_ui(config, batch_norm, key="lrf")
     freeze = st.selectbox("Freeze", FREEZE_MODES, key="lrf-freeze", disabled=init in (None, "scratch"),
-                          help="Which weights stay fixed; only possible when starting from trained weights.",
-                          persist_state="session")
+                          help="Which weights stay fixed; only possible from trained weights.", **S)
+    # Loose bounds: an out-of-range value reaches LRFinderConfig, whose message says what is allowed.
     with st.expander("Range test settings (the notebook's defaults)"):
         cols = st.columns(4)
-        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, 1e-7, format="%.1e", key="lrf-start-lr",
-                                        persist_state="session")
-        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, 10.0, format="%.1e", key="lrf-end-lr",
-                                      persist_state="session")
-        num_iter = cols[2].number_input("num_iter", 0, 100_000, 100, key="lrf-num-iter", persist_state="session")
-        smooth_f = cols[3].number_input("smooth_f", 0.0, 1.0, 0.05, step=0.01, key="lrf-smooth",
-                                        persist_state="session")
-        diverge_th = cols[0].number_input("diverge_th", 0.0, 1000.0, 5.0, key="lrf-diverge", persist_state="session")
-        skip_start = cols[1].number_input("skip_start", 0, 10_000, 10, key="lrf-skip-start", persist_state="session")
-        skip_end = cols[2].number_input("skip_end", 0, 10_000, 5, key="lrf-skip-end", persist_state="session")
+        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, 1e-7, format="%.1e", key="lrf-start-lr", **S)
+        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, 10.0, format="%.1e", key="lrf-end-lr", **S)
+        num_iter = cols[2].number_input("num_iter", 0, 100_000, 100, key="lrf-num-iter", **S)
+        smooth_f = cols[3].number_input("smooth_f", 0.0, 1.0, 0.05, step=0.01, key="lrf-smooth", **S)
+        diverge_th = cols[0].number_input("diverge_th", 0.0, 1000.0, 5.0, key="lrf-diverge", **S)
+        skip_start = cols[1].number_input("skip_start", 0, 10_000, 10, key="lrf-skip-start", **S)
+        skip_end = cols[2].number_input("skip_end", 0, 10_000, 5, key="lrf-skip-end", **S)
     try:
         cfg = TrainConfig(config=config, batch_norm=batch_norm, init=init or "scratch",
                           freeze=freeze if init not in (None, "scratch") else "none", optimizer=optimizer,
@@ -130,21 +127,23 @@ def results(snap: JobSnapshot) -> None:
     if snap.result is None:
         return
     res = snap.result.result
-    for col, rule in zip(st.columns(len(RULES)), RULES):
+    for col, rule in zip(st.columns(len(RULES)), RULES, strict=True):
         suggestion = res.suggestions.get(rule)
         with col.container(border=True):
             st.metric(RULE_TITLES[rule], f"{suggestion.lr:.2e}" if suggestion else "—")
-            st.caption(suggestion.explanation if suggestion else "Not enough points on the curve for this rule.")
+            st.caption(suggestion.explanation if suggestion else "Not enough points on the curve for it.")
             if suggestion is not None:
-                st.button("Use this LR", key=f"lrf-use-{rule}", on_click=choose_lr, args=(float(suggestion.lr),),
-                          icon=":material/check:")
+                st.button("Use this LR", key=f"lrf-use-{rule}", icon=":material/check:", on_click=choose_lr,
+                          args=(float(suggestion.lr),))
     if res.restored:
         st.success("Weights restored: after the test the model and the optimizer were put back exactly as "
-                   "they were before it, so a training starts from the same weights.", icon=":material/restore:")
+                   "they were before it, so a training starts from the same weights.",
+                   icon=":material/restore:")
     else:
         st.warning("The weights could not be restored after the test.", icon=":material/warning:")
     if res.stopped_early:
-        st.caption(f"Stopped after {len(res.lrs)} batches: the smoothed loss passed diverge_th × its minimum.")
+        st.caption(f"Stopped after {len(res.lrs)} batches: the smoothed loss passed diverge_th × its "
+                   "minimum.")
 
 
 st.title("LR finder")

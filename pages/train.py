@@ -48,7 +48,16 @@ from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
 from vgg.settings import resolve_device
 from vgg.summary import format_bytes, format_si
 from vgg.tasks import train_task
-from vgg.train import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, EpochEvent, StepEvent, TrainConfig, onecycle_factor
+from vgg.train import (
+    DEVICES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    EpochEvent,
+    StepEvent,
+    TrainConfig,
+    onecycle_factor,
+)
 
 LESSONS = Path(__file__).resolve().parent.parent / "assets" / "train"
 JOB = "train_job"  # st.session_state key: id of this session's latest training job
@@ -72,27 +81,30 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
     """Every TrainConfig option; (None, False) with the reason shown when a value is refused."""
     data = current_data()
     cols = st.columns([2.2, 1, 1, 1], vertical_alignment="bottom")
-    config = cols[0].selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="train-config", **S)
+    config = cols[0].selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get,
+                               key="train-config", **S)
     batch_norm = cols[1].toggle("Batch norm", value=True, key="train-bn", **S)
     optimizer = cols[2].selectbox("Optimizer", OPTIMIZERS, key="train-optimizer", **S)
     schedule = cols[3].selectbox("Schedule", SCHEDULES, key="train-schedule", **S)
     init = init_ui(config, batch_norm, key="train", allow_file=True)
     pretrained = init not in (None, "scratch")
     cols = st.columns(4)
-    images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or 500, key="train-ipc", **S)
+    # Loose bounds: an out-of-range value reaches TrainConfig, whose message says what is allowed.
+    images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or 500,
+                                  key="train-ipc", **S)
     size = cols[1].number_input("Input size (px)", 0, 10_000, data.input_size, step=32, key="train-size", **S,
-                                help="Images are resized on the fly when this differs from the data set's size.")
+                                help="Images are resized on the fly when this differs from the data's size.")
     epochs = cols[2].number_input("Epochs", 0, 10_000_000, 2, key="train-epochs", **S)
     batch = cols[3].number_input("Batch size", 0, 1_000_000, 128, key="train-batch", **S)
     cols = st.columns(4, vertical_alignment="bottom")
     lr_default()
-    lr = cols[0].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr", **S,
-                              help="Set by the LR finder page's 'Use this LR'.")
+    lr = cols[0].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr",
+                              help="Set by the LR finder page's 'Use this LR'.", **S)
     ratio = cols[1].number_input("Feature LR ratio", 0.0, 100.0, 0.1 if pretrained else 1.0, format="%.3g",
                                  key=f"train-ratio-{'pretrained' if pretrained else 'scratch'}", **S,
-                                 help="Discriminative fine-tuning: the convolutional layers learn at lr × ratio.")
+                                 help="Discriminative fine-tuning: the convolutions learn at lr × ratio.")
     freeze = cols[2].selectbox("Freeze", FREEZE_MODES, key="train-freeze", disabled=not pretrained, **S,
-                               help="Which weights stay fixed; only possible when starting from trained weights.")
+                               help="Which weights stay fixed; only possible from trained weights.")
     augment = cols[3].toggle("Augmentation", value=True, key="train-augment", **S,
                              help="Random flips, small rotations and crops of every training batch.")
     with st.expander("More settings"):
@@ -106,12 +118,13 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
                                         disabled=optimizer != "sgd")
     try:
         cfg = TrainConfig(
-            config=config, batch_norm=batch_norm, init=init or "scratch", freeze=freeze if pretrained else "none",
-            optimizer=optimizer, lr=float(lr), lr_ratio=float(ratio), schedule=schedule, epochs=int(epochs),
-            batch_size=int(batch), data=replace(data, images_per_class=int(images)),
+            config=config, batch_norm=batch_norm, init=init or "scratch",
+            freeze=freeze if pretrained else "none", optimizer=optimizer, lr=float(lr), lr_ratio=float(ratio),
+            schedule=schedule, epochs=int(epochs), batch_size=int(batch),
+            data=replace(data, images_per_class=int(images)),
             input_size=None if int(size) == data.input_size else int(size), augment=augment, seed=int(seed),
-            device=device, precision=precision, time_budget_s=float(budget) or None, weight_decay=float(decay),
-            momentum=float(momentum))
+            device=device, precision=precision, time_budget_s=float(budget) or None,
+            weight_decay=float(decay), momentum=float(momentum))
         resolve_device(cfg.device)  # "cuda" without a GPU is refused here, not in the job
     except VGGError as error:
         show_error(error)
@@ -122,15 +135,17 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
 def cost_ui(cfg: TrainConfig) -> None:
     """Seconds per epoch from multiply-adds and a short speed probe on this device; memory."""
     splits = data_registry().peek(cfg.data)
-    classes = len(splits.classes) if splits else 10
-    n_train = len(splits.train) if splits else round(cfg.data.images_per_class * classes * (1 - cfg.data.val_fraction))
-    n_val = len(splits.val) if splits else round(cfg.data.images_per_class * classes * cfg.data.val_fraction)
+    classes = len(splits.classes) if splits else 10  # before the data are loaded: CIFAR-10 and synthetic
+    pool = cfg.data.images_per_class * classes
+    n_train = len(splits.train) if splits else round(pool * (1 - cfg.data.val_fraction))
+    n_val = len(splits.val) if splits else round(pool * cfg.data.val_fraction)
     totals = forward_totals(cfg.config, cfg.batch_norm, cfg.model_input_size, classes)
     epoch_macs = 3 * totals["total_macs"] * n_train + totals["total_macs"] * n_val  # training ≈ 3 × forward
     memory = memory_estimate(totals, cfg.batch_size, cfg.optimizer)
     cols = st.columns(4)
-    cols[0].metric("Multiply-adds per epoch", format_si(epoch_macs), help=f"{n_train:,} training images × 3 × "
-                   f"{format_si(totals['total_macs'])} (forward + backward) + {n_val:,} validation images")
+    cols[0].metric("Multiply-adds per epoch", format_si(epoch_macs),
+                   help=f"{n_train:,} training images × 3 × {format_si(totals['total_macs'])} "
+                        f"(forward + backward) + {n_val:,} validation images")
     cols[1].metric("Memory (estimate)", format_bytes(memory["total"]),
                    help=" · ".join(f"{k} {format_bytes(v)}" for k, v in memory.items() if k != "total"))
     probe_args = (cfg.config, cfg.batch_norm, cfg.model_input_size, classes, cfg.device, cfg.optimizer,
@@ -159,7 +174,7 @@ def cost_ui(cfg: TrainConfig) -> None:
 def curves(snap: JobSnapshot, smoothing: float) -> tuple[go.Figure, go.Figure]:
     steps = [e for e in snap.history if isinstance(e, StepEvent)]
     epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
-    starts = [s.step for prev, s in zip(steps, steps[1:]) if s.epoch != prev.epoch]
+    starts = [s.step for prev, s in zip(steps, steps[1:], strict=False) if s.epoch != prev.epoch]
     step_fig = figures.step_curves_figure([s.step for s in steps], [s.loss for s in steps],
                                           [s.accuracy for s in steps], [s.lr for s in steps],
                                           smoothing=smoothing, epoch_starts=starts)
@@ -231,9 +246,11 @@ def live_view(first: JobSnapshot) -> None:
         smoothing = st.slider("Smoothing", 0.0, 0.99, 0.6, key="train-smoothing")
         step_fig, epoch_fig = cached_figure("train", snap, lambda: curves(snap, smoothing), smoothing)
         st.plotly_chart(step_fig, key="train-steps")
-        st.plotly_chart(epoch_fig, key="train-epochs-chart")
         epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
-        if epochs:
+        if not epochs:
+            st.caption("Training against validation, per epoch, appears when the first epoch ends.")
+        else:
+            st.plotly_chart(epoch_fig, key="train-epochs-chart")
             grid = cached("train-grid", (snap.id, len(epochs)), lambda: prediction_images(snap, epochs[-1]))
             if grid is not None:
                 st.markdown(f"**Validation predictions after epoch {epochs[-1].epoch}** "
@@ -241,6 +258,10 @@ def live_view(first: JobSnapshot) -> None:
                 st.image(grid[0], caption=grid[1], width=88)
 
     live()
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
 
 
 def finished(snap: JobSnapshot) -> None:
@@ -251,16 +272,30 @@ def finished(snap: JobSnapshot) -> None:
         return
     cols = st.columns(4)
     cols[0].metric("Status", result.status)
-    cols[1].metric("Best validation accuracy", "—" if result.best_val_accuracy is None else f"{result.best_val_accuracy:.1%}")
-    cols[2].metric("Test accuracy", "—" if result.test_accuracy is None else f"{result.test_accuracy:.1%}")
+    cols[1].metric("Best validation accuracy", percent(result.best_val_accuracy))
+    cols[2].metric("Test accuracy", percent(result.test_accuracy))
     cols[3].metric("Time", format_seconds(result.seconds), help=f"{result.images_per_second:.0f} images/s")
     run_id = snap.extra.get("run_id") or result.run_id
-    if run_id:
+    if run_id and result.epochs_done > 0:  # a run stopped within its first epoch has no checkpoint
         if st.session_state.get("_chosen_from_job") != snap.id:  # once, so a later choice there sticks
             st.session_state["chosen_run"] = run_id
             st.session_state["_chosen_from_job"] = snap.id
         st.caption(f"Run `{run_id}` is saved; the Evaluate page opens it.")
         page_link("pages/evaluate.py", "Evaluate this run", icon=":material/fact_check:")
+
+
+def freeze_ui() -> None:
+    """Playable: how many parameters each freeze mode leaves to train, for the chosen model."""
+    config, batch_norm = st.session_state.get("train-config", "A"), st.session_state.get("train-bn", True)
+    totals = forward_totals(config, batch_norm, 32, 10)
+    trainable = {"none": totals["total_params"], "features": totals["fc_params"],
+                 "all_but_last": 4096 * 10 + 10}  # the new last layer: weights and biases
+    mode = st.segmented_control("Freeze mode", FREEZE_MODES, default="features", key="lesson-freeze")
+    mode = mode or "none"
+    share = trainable[mode] / totals["total_params"]
+    st.metric(f"Parameters that learn in {CONFIG_LABELS[config]}{' with batch norm' if batch_norm else ''}, "
+              "10 classes", f"{trainable[mode]:,}", delta=f"{share:.1%} of {totals['total_params']:,}",
+              delta_color="off")
 
 
 st.title("Train")
@@ -277,8 +312,8 @@ with train_tab:
                  disabled=cfg is None or not usable):
         title = (f"Training · {cfg.config}{'-BN' if cfg.batch_norm else ''} · {cfg.init.split(':')[0]} · "
                  f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}")
-        submit_job("train", title, train_task(cfg, data_registry(), run_store()), config_key("train", cfg), JOB,
-                   config=cfg)
+        submit_job("train", title, train_task(cfg, data_registry(), run_store()), config_key("train", cfg),
+                   JOB, config=cfg)
     snap = watched_job("train", JOB)
     if snap is None:
         st.info("No training yet: choose the settings and press Start.", icon=":material/info:")
@@ -300,12 +335,15 @@ with lessons_tab:
         lesson("constant_vs_one_cycle")
     lesson("discriminative")
     ratio = st.slider("Feature LR ratio", 0.01, 1.0, 0.1, key="lesson-ratio")
-    st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, convolutional layers **{peak * ratio:.1e}**.")
+    st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, "
+                f"convolutional layers **{peak * ratio:.1e}**.")
     lesson("freezing")
+    freeze_ui()
     lesson("batch_epochs")
     cols = st.columns(3)
     n = cols[0].number_input("Training images", 1, 10_000_000, 4500, key="lesson-images")
     bs = cols[1].select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], 128, key="lesson-batch")
     ep = cols[2].number_input("Epochs", 1, 1000, 2, key="lesson-epochs")
-    st.markdown(f"{math.ceil(n / bs):,} steps per epoch, **{math.ceil(n / bs) * ep:,} optimizer steps** in all; "
+    per_epoch = math.ceil(n / bs)
+    st.markdown(f"{per_epoch:,} steps per epoch, **{per_epoch * ep:,} optimizer steps** in all; "
                 f"each image is seen {ep} time{'s' if ep > 1 else ''}.")

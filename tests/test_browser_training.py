@@ -42,13 +42,26 @@ def keyed(key: str) -> str:
 
 
 def set_number(page: Page, label: str, value: float | int) -> None:
-    """Type ``value`` into the number input labelled ``label`` and wait for the rerun."""
+    """Type ``value`` into the number input labelled ``label`` and wait for the rerun it causes.
+
+    Enter commits the value; a keystroke that lands while the widget is being redrawn is lost,
+    so a try that causes no rerun within a few seconds is repeated.
+    """
     box = page.locator('[data-testid="stNumberInput"]').filter(
         has=page.locator('[data-testid="stWidgetLabel"]', has_text=re.compile(rf"^{re.escape(label)}$")))
     expect(box).to_have_count(1)
     field = box.locator("input")
-    field.fill(str(value))
-    run_and_wait(page, lambda: field.press("Enter"))
+    for attempt in range(3):
+        def commit() -> None:
+            field.fill(str(value))
+            field.press("Enter")
+
+        try:
+            run_and_wait(page, commit, timeout_ms=10_000 if attempt < 2 else 60_000)
+            break
+        except PlaywrightTimeoutError:
+            continue
+    expect(field).to_have_value(re.compile(rf"^{re.escape(str(value))}(\.0+)?$"))
 
 
 def click_button(page: Page, name: str | re.Pattern[str]) -> None:
@@ -64,7 +77,8 @@ def growth_while_running(page: Page, key: str, stop_key: str, times: int = 3) ->
         page.wait_for_function(f"n => ({CHART_POINTS})({key!r}) > n", arg=max(counts[-1], 0),
                                timeout=JOB_TIMEOUT_MS)
         counts.append(page.evaluate(CHART_POINTS, key))
-        assert page.locator(f"{keyed(stop_key)} button").count() > 0, \
+        # the Stop button is drawn while the job runs (stale or not: mid-redraw it is marked stale)
+        assert page.locator(f".st-key-{stop_key} button").count() > 0, \
             f"the job ended before the chart grew {times - 1} times: {counts}"
     return counts
 
@@ -118,11 +132,13 @@ def test_lr_range_test_grows_live_then_suggests(page: Page, streamlit_server: st
     screenshot(page, "lr-finder-done")
 
     goto_page(page, streamlit_server, "Train")  # the chosen rate arrives on the Train page
-    lr_field = page.locator('[data-testid="stNumberInput"]').filter(has_text="Peak learning rate").locator("input")
+    lr_box = page.locator('[data-testid="stNumberInput"]').filter(has_text="Peak learning rate")
+    lr_field = lr_box.locator("input")
     assert float(lr_field.input_value()) == pytest.approx(float(chosen), rel=1e-2)
 
 
-def test_training_curves_grow_live_and_stop_cancels(page: Page, streamlit_server: str, clean_jobs: None) -> None:
+def test_training_curves_grow_live_and_stop_cancels(page: Page, streamlit_server: str,
+                                                     clean_jobs: None) -> None:
     goto_page(page, streamlit_server, "Train")
     set_number(page, "Batch size", 16)
     expect(page.get_by_text("Seconds per epoch")).to_be_visible()  # the cost estimate came first

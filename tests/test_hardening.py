@@ -44,7 +44,7 @@ WAIT_S = 120.0  # upper bound of condition waits on jobs (a tiny training on a l
 TINY = {"source": "synthetic", "input_size": 32, "images_per_class": 20}
 
 
-# -------------------------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------------------------------- helpers
 
 
 def make_dirs(base: Path) -> dict[str, Path]:
@@ -101,7 +101,8 @@ def encoded(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
@@ -128,7 +129,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"dirs": dirs, "store": store, "run_id": result.run_id, "classes": list(result.classes)}
 
 
-# -------------------------------------------------------------------------------------------- memory
+# ---------------------------------------------------------------------------------------------------- memory
 
 
 def test_preflight_refuses_a_run_that_cannot_fit() -> None:
@@ -160,7 +161,8 @@ def test_estimate_parts_follow_the_settings() -> None:
     assert double.activation_bytes == 2 * base.activation_bytes
     assert sgd.optimizer_bytes * 2 == base.optimizer_bytes
     last_only = resources.estimate_training_memory("A", True, 32, 64, 10, "adam", freeze="all_but_last")
-    assert frozen.optimizer_bytes < base.optimizer_bytes and frozen.activation_bytes < base.activation_bytes / 2
+    assert frozen.optimizer_bytes < base.optimizer_bytes
+    assert frozen.activation_bytes < base.activation_bytes / 2
     assert last_only.optimizer_bytes < base.optimizer_bytes / 1000  # only Linear(4096, 10) learns
     assert bigger.activation_bytes > 3 * base.activation_bytes  # 4× the pixels per layer output
     for e in (base, double, sgd, frozen, last_only, bigger):
@@ -227,8 +229,8 @@ def test_peak_rss_and_process_measurements() -> None:
     assert resources.cpu_seconds(os.getpid()) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in vgg/train.py: fit() should call "
-                                       "vgg.resources.check_config_memory before prepare_model")
+@pytest.mark.xfail(strict=True, reason="needs fix in vgg/train.py: prepare_model() should call "
+                                       "vgg.resources.check_config_memory before building the model")
 def test_fit_refuses_a_run_that_does_not_fit_before_building_the_model(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(resources, "available_memory_bytes", lambda device="cpu": 10**9)
@@ -317,12 +319,13 @@ def test_out_of_memory_during_training_is_explained_in_the_run_folder(
     assert "out of memory" in info.message and "smaller batch size" in info.message
 
 
-# -------------------------------------------------------------------------------------------- hostile checkpoints
+# --------------------------------------------------------------------------------------- hostile checkpoints
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("fmt", ["torch zip", "plain pickle"])
-def test_a_pickle_that_runs_code_is_refused_by_every_reader(tiny: dict[str, Any], tmp_path: Path, fmt: str) -> None:
+def test_a_pickle_that_runs_code_is_refused_by_every_reader(tiny: dict[str, Any], tmp_path: Path,
+                                                            fmt: str) -> None:
     dirs, store = tiny["dirs"], tiny["store"]
     marker = tmp_path / "pwned"
     payload = {"model": {"features.0.weight": WritesMarker(marker)}, "meta": {"config": "A"}}
@@ -342,7 +345,8 @@ def test_a_pickle_that_runs_code_is_refused_by_every_reader(tiny: dict[str, Any]
         readers = {
             "read_checkpoint_file": lambda: read_checkpoint_file(hostile),
             "load_state_dict_file": lambda: load_state_dict_file(hostile),
-            "load_pretrained": lambda: load_pretrained("A", batch_norm=True, num_classes=10, weights_path=hostile),
+            "load_pretrained": lambda: load_pretrained("A", batch_norm=True, num_classes=10,
+                                                       weights_path=hostile),
             "RunStore.load_checkpoint": lambda: store.load_checkpoint(run_dir.name, "best"),
             "inference.load_model(path)": lambda: inference.load_model(str(hostile), store=store,
                                                                         allowed_roots=(dirs["data"],)),
@@ -355,15 +359,16 @@ def test_a_pickle_that_runs_code_is_refused_by_every_reader(tiny: dict[str, Any]
             assert hostile.name in message or "best.pt" in message, (name, message)
             assert "\n" not in message, name
             assert not marker.exists(), f"{name} ran the pickle's code"
-        env = cli_env(dirs)
-        for source in (str(hostile), run_dir.name):
-            done = run_cli(env, "predict", source, str(image))
-            assert done.returncode == 1, done
-            assert done.stdout == "" and "Traceback" not in done.stderr
-            errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-            assert len(errors) == 1, done.stderr  # (a torch warning line may precede it: see below)
-            assert hostile.name in errors[0] or "best.pt" in errors[0], errors[0]
-            assert not marker.exists(), f"python -m vgg predict {source} ran the pickle's code"
+        done = run_cli(cli_env(dirs), "predict", str(hostile), str(image))  # the real entry point
+        assert done.returncode == 1, done
+        assert done.stdout == "" and "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and hostile.name in errors[0], done.stderr  # (a torch warning may precede it)
+        assert not marker.exists(), "python -m vgg predict ran the pickle's code"
+        code, out, err = in_process("predict", run_dir.name, str(image), "--runs-dir", str(dirs["runs"]),
+                                    "--data-dir", str(dirs["data"]))
+        assert code == 1 and out == "" and "best.pt" in err and "Traceback" not in err
+        assert not marker.exists(), "python -m vgg predict RUN ran the pickle's code"
         # The payload is live: an unsafe load really would have run it.
         with contextlib.suppress(Exception):  # a plain pickle runs, then fails torch's magic-number check
             torch.load(hostile, weights_only=False)
@@ -376,33 +381,34 @@ def test_a_pickle_that_runs_code_is_refused_by_every_reader(tiny: dict[str, Any]
 
 
 @pytest.mark.xfail(strict=True, reason="needs fix in vgg/runs.py read_checkpoint_file and vgg/model.py "
-                                       "load_state_dict_file: torch's text (ANSI escapes, advice to load with "
-                                       "weights_only=False) and its pickle-protocol warning reach the user")
-@pytest.mark.parametrize("fmt", ["torch zip", "plain pickle"])
-def test_a_refused_pickle_is_explained_in_one_clean_line(tiny: dict[str, Any], tmp_path: Path, fmt: str) -> None:
+                                       "load_state_dict_file: torch's text (ANSI escapes, advice to load "
+                                       "with weights_only=False) and its pickle-protocol warning reach "
+                                       "the user")
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_refused_pickle_is_explained_in_one_clean_line(tiny: dict[str, Any], tmp_path: Path) -> None:
     dirs = tiny["dirs"]
-    hostile = dirs["data"] / f"clean-{fmt.replace(' ', '-')}.pt"
     payload = {"model": {"features.0.weight": WritesMarker(tmp_path / "pwned")}, "meta": {}}
-    if fmt == "torch zip":
-        torch.save(payload, hostile)
-    else:
-        hostile.write_bytes(pickle.dumps(payload))
+    zipped, plain = dirs["data"] / "clean-zip.pt", dirs["data"] / "clean-plain.pt"
+    torch.save(payload, zipped)
+    plain.write_bytes(pickle.dumps(payload))
     try:
         messages = []
-        for read in (lambda: read_checkpoint_file(hostile), lambda: load_state_dict_file(hostile)):
-            with pytest.raises(CheckpointError) as caught:
-                read()
-            messages.append(str(caught.value))
+        for hostile in (zipped, plain):
+            for read in (read_checkpoint_file, load_state_dict_file):
+                with pytest.raises(CheckpointError) as caught:
+                    read(hostile)
+                messages.append(str(caught.value))
         image = tmp_path / "x.png"
         picture((8, 8)).save(image)
-        done = run_cli(cli_env(dirs), "predict", str(hostile), str(image))
-        messages.append(assert_one_line_error(done.stderr, hostile.name))
+        done = run_cli(cli_env(dirs), "predict", str(plain), str(image))
+        messages.append(assert_one_line_error(done.stderr, plain.name))
     finally:
-        hostile.unlink(missing_ok=True)
+        zipped.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
     for message in messages:
         assert message.isprintable(), repr(message)  # no terminal escape codes
         assert "weights_only` set to `False" not in message and "add_safe_globals" not in message, message
-        assert "io.open" in message or "operand" in message or "not allowed" in message, message  # what was refused
+        assert "io.open" in message or "operand" in message or "not allowed" in message, message  # what
     assert not (tmp_path / "pwned").exists()
 
 
@@ -410,9 +416,10 @@ def test_a_state_dict_of_another_architecture_is_named_in_the_cli(isolated_dirs:
     with torch.device("meta"):
         vgg13 = build_vgg("B", batch_norm=True, num_classes=1000)
     # vgg13_bn's key names with tiny tensors: the file is small, the mismatch is real.
-    torch.save({key: torch.zeros(1) for key in vgg13.state_dict()}, isolated_dirs["VGG_DATA_DIR"] / "vgg13.pth")
-    code, out, err = in_process("train", "--config", "A", "--init", str(isolated_dirs["VGG_DATA_DIR"] / "vgg13.pth"),
-                                "--images-per-class", "2", "--epochs", "1", "--json")
+    weights = isolated_dirs["VGG_DATA_DIR"] / "vgg13.pth"
+    torch.save({key: torch.zeros(1) for key in vgg13.state_dict()}, weights)
+    code, out, err = in_process("train", "--config", "A", "--init", str(weights), "--images-per-class", "2",
+                                "--epochs", "1", "--json")
     assert code == 1 and out == ""
     assert_one_line_error(err, "vgg13.pth does not fit vgg11_bn", "unexpected features.", "wrong shape")
 
@@ -420,13 +427,13 @@ def test_a_state_dict_of_another_architecture_is_named_in_the_cli(isolated_dirs:
 def test_starting_from_a_run_of_another_configuration_names_both(tiny: dict[str, Any]) -> None:
     dirs = tiny["dirs"]
     code, out, err = in_process("train", "--config", "B", "--init", tiny["run_id"], "--images-per-class", "2",
-                                "--epochs", "1", "--runs-dir", str(dirs["runs"]), "--data-dir", str(dirs["data"]),
-                                "--json")
+                                "--epochs", "1", "--runs-dir", str(dirs["runs"]),
+                                "--data-dir", str(dirs["data"]), "--json")
     assert code == 1 and out == ""
     assert_one_line_error(err, tiny["run_id"], "'A'", "same configuration")
 
 
-# -------------------------------------------------------------------------------------------- images
+# ---------------------------------------------------------------------------------------------------- images
 
 
 def bad_files(folder: Path) -> dict[str, str]:
@@ -457,7 +464,8 @@ def bad_files(folder: Path) -> dict[str, str]:
 def odd_files(folder: Path) -> list[str]:
     """Awkward but valid pictures ``predict`` must classify."""
     base = picture((48, 36), seed=1)
-    Image.fromarray((np.linspace(0, 65535, 24 * 16).reshape(16, 24)).astype(np.uint16)).save(folder / "16-bit.png")
+    gradient = np.linspace(0, 65535, 24 * 16).reshape(16, 24).astype(np.uint16)
+    Image.fromarray(gradient).save(folder / "16-bit.png")
     base.convert("CMYK").save(folder / "cmyk.jpg")
     palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     palette.save(folder / "palette-transparent.png", transparency=0)
@@ -467,7 +475,8 @@ def odd_files(folder: Path) -> list[str]:
     exif[0x0112] = 6  # orientation: rotate 90° clockwise on display
     base.save(folder / "exif-rotated.jpg", exif=exif.tobytes())
     Image.new("RGB", (1, 1), (200, 30, 30)).save(folder / "one-pixel.png")
-    names = ["16-bit.png", "cmyk.jpg", "palette-transparent.png", "animated.gif", "exif-rotated.jpg", "one-pixel.png"]
+    names = ["16-bit.png", "cmyk.jpg", "palette-transparent.png", "animated.gif", "exif-rotated.jpg",
+             "one-pixel.png"]
     if features.check("webp"):
         rgba = base.convert("RGBA")
         rgba.putalpha(128)
@@ -483,7 +492,8 @@ def test_predict_gives_one_line_per_bad_file_and_classifies_the_odd_ones(tiny: d
     assert "16-bit.png" in accepted and Image.open(tmp_path / "16-bit.png").mode.startswith("I")
     assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
     names = [*refused, *accepted]
-    done = run_cli(cli_env(tiny["dirs"]), "predict", tiny["run_id"], *(str(tmp_path / n) for n in names), "--json")
+    done = run_cli(cli_env(tiny["dirs"]), "predict", tiny["run_id"], *(str(tmp_path / n) for n in names),
+                   "--json")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -504,7 +514,7 @@ def test_predict_gives_one_line_per_bad_file_and_classifies_the_odd_ones(tiny: d
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-5
 
 
-# -------------------------------------------------------------------------------------------- paths and names
+# ------------------------------------------------------------------------------------------- paths and names
 
 
 @pytest.fixture
@@ -518,7 +528,8 @@ def outside_set(tmp_path: Path) -> Path:
     return root
 
 
-def test_cli_refuses_data_sets_outside_the_data_dir(isolated_dirs: dict[str, Path], outside_set: Path) -> None:
+def test_cli_refuses_data_sets_outside_the_data_dir(isolated_dirs: dict[str, Path],
+                                                    outside_set: Path) -> None:
     data = isolated_dirs["VGG_DATA_DIR"]
     (data / "link").symlink_to(outside_set, target_is_directory=True)
     (data / "inside").mkdir()
@@ -553,14 +564,15 @@ def test_predict_refuses_a_model_given_as_a_path_outside_the_allowed_folders(tin
     runs = tiny["dirs"]["runs"]
     copy = tmp_path / "best.pt"  # a real checkpoint, but outside the data and runs dirs
     os.link(runs / tiny["run_id"] / "best.pt", copy)  # same file system (pytest's temporary folders)
-    for source in (str(copy), "/etc/passwd", "../../x.pt", f"{tiny['run_id']}/../../{copy.parent.name}/best.pt"):
+    sneaky = f"{tiny['run_id']}/../../{copy.parent.name}/best.pt"
+    for source in (str(copy), "/etc/passwd", "../../x.pt", sneaky):
         code, out, err = in_process("predict", source, str(image), "--runs-dir", str(runs),
                                     "--data-dir", str(tiny["dirs"]["data"]))
         assert code == 1 and out == "", source
         assert_one_line_error(err)
 
 
-# -------------------------------------------------------------------------------------------- settings
+# -------------------------------------------------------------------------------------------------- settings
 
 
 @pytest.mark.parametrize("args", [
@@ -590,7 +602,7 @@ def test_settings_refusal_never_reaches_the_engine(monkeypatch: pytest.MonkeyPat
         assert_one_line_error(err)
 
 
-# -------------------------------------------------------------------------------------------- a full classroom
+# ------------------------------------------------------------------------------------------ a full classroom
 
 
 class Payload:

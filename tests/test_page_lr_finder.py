@@ -129,3 +129,20 @@ def test_full_queue_is_refused_with_a_message(at: AppTest, monkeypatch: pytest.M
     at.button(key="lrf-stop").click().run()
     first = job_manager().snapshots(kind="lr_find")[0]
     assert job_manager().wait(first.id, timeout=120).status is JobStatus.CANCELLED
+
+
+def test_curve_figure_marks_suggestions_and_widens_for_them() -> None:
+    import math
+
+    from vgg.figures.training import lr_finder_figure
+
+    lrs = [1e-7 * 10 ** i for i in range(9)]
+    losses = [2.3, 2.3, 2.2, 2.0, 1.6, 1.2, 1.5, 4.0, 90.0]
+    smoothed = [2.3, 2.3, 2.28, 2.2, 2.0, 1.8, 1.8, 2.1, 6.5]
+    fig = lr_finder_figure(lrs, losses, smoothed, marks=[("valley", 1e-4, 2.0), ("min_div10", 1e-9, 2.3)],
+                           lr_range=(1e-7, 10.0), skip_start=2, skip_end=1)
+    assert {t.name for t in fig.data} == {"batch loss", "smoothed", "valley", "min_div10"}
+    assert fig.layout.xaxis.type == "log"
+    assert fig.layout.xaxis.range[0] < math.log10(1e-9)  # the mark left of start_lr is on the chart
+    assert 6.5 < fig.layout.yaxis.range[1] < 10  # the raw loss of 90 does not squash the curve
+    assert len(fig.layout.shapes) == 2  # the skipped points at both ends are shaded

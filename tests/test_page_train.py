@@ -63,8 +63,9 @@ def test_defaults_are_cpu_friendly_with_a_cost_estimate(at: AppTest) -> None:
     assert not at.exception and not texts(at, "error")
     assert at.selectbox(key="train-config").value == "A" and at.toggle(key="train-bn").value is True
     assert at.radio(key="train-init").value == "scratch"
-    values = {k: at.number_input(key=k).value for k in ("train-ipc", "train-size", "train-epochs", "train-batch",
-                                                        "train-lr", "train-ratio-scratch", "train-seed")}
+    keys = ("train-ipc", "train-size", "train-epochs", "train-batch", "train-lr", "train-ratio-scratch",
+            "train-seed")
+    values = {k: at.number_input(key=k).value for k in keys}
     assert values == {"train-ipc": 500, "train-size": 32, "train-epochs": 2, "train-batch": 128,
                       "train-lr": 3e-4, "train-ratio-scratch": 1.0, "train-seed": 0}
     assert at.selectbox(key="train-optimizer").value == "adam"
@@ -85,7 +86,8 @@ def test_defaults_are_cpu_friendly_with_a_cost_estimate(at: AppTest) -> None:
     ("train-batch", 0, "batch size 0 is out of range"),
     ("train-size", 16, "input size 16 is out of range"),
 ])
-def test_out_of_range_values_are_refused_with_a_message(at: AppTest, key: str, value: float, message: str) -> None:
+def test_out_of_range_values_are_refused_with_a_message(at: AppTest, key: str, value: float,
+                                                        message: str) -> None:
     at.run()
     at.number_input(key=key).set_value(value).run()
     assert any(message in e for e in texts(at, "error")), texts(at, "error")
@@ -118,8 +120,36 @@ def test_stop_cancels_the_run(at: AppTest) -> None:
     small_run(at, images=40, epochs=3)
     at.button(key="train-start").click().run()
     run_until(at, lambda a: any(b.key == "train-stop" for b in a.button), "the Stop button")
+    other = AppTest.from_file(PAGE, default_timeout=180).run()  # another person opens the page
+    assert "started by someone else" in badges(other)
+    assert any(b.key == "train-stop" for b in other.button)
+
     at.button(key="train-stop").click().run()
     run_until(at, lambda a: ":orange-badge[cancelled]" in badges(a), "the cancelled status")
+    other.run()  # the watcher keeps seeing the run after it ended
+    assert ":orange-badge[cancelled]" in badges(other)
     [snap] = job_manager().snapshots(kind="train")
     assert snap.status is JobStatus.CANCELLED
     assert not at.exception
+
+
+def test_ema_is_debiased_and_zero_smoothing_is_raw() -> None:
+    from vgg.figures.training import ema
+
+    assert ema([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    # debiased: the first value is itself, the second (0.5·0.5·1 + 0.5·2) / (1 − 0.25)
+    assert ema([1.0, 2.0], 0.5) == pytest.approx([1.0, 1.25 / 0.75])
+    assert ema([2.0, float("nan"), 2.0], 0.9)[2] == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        ema([1.0], 1.0)
+
+
+def test_step_and_epoch_figures_hold_the_data() -> None:
+    from vgg.figures.training import epoch_curves_figure, step_curves_figure
+
+    fig = step_curves_figure([1, 2, 3], [2.3, 2.1, 1.9], [0.1, 0.2, 0.3], [1e-4, 5e-4, 1e-3], smoothing=0.0,
+                             epoch_starts=[3])
+    assert [list(t.y) for t in fig.data if t.name == "loss (smoothed)"] == [[2.3, 2.1, 1.9]]
+    assert list(fig.data[-1].y) == [1e-4, 5e-4, 1e-3]  # the learning rate panel
+    fig = epoch_curves_figure([1, 2], [2.0, 1.5], [2.1, 1.8], [0.3, 0.5], [0.25, 0.4])
+    assert [t.name for t in fig.data] == ["training", "validation", "training", "validation"]

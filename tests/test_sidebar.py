@@ -1,4 +1,4 @@
-"""The sidebar's job list (ui/sidebar.py): every session sees the running and queued jobs and can stop them."""
+"""The sidebar's job list (ui/sidebar.py): every session sees running and queued jobs and can stop them."""
 
 from __future__ import annotations
 

@@ -51,13 +51,18 @@ def others_active(kind: str, exclude: str | None) -> list[JobSnapshot]:
 
 def watched_job(kind: str, state_key: str) -> JobSnapshot | None:
     """This session's latest job of ``kind``; else the newest running or queued one of anyone
-    (coming back after closing the tab shows the run where it is)."""
+    (coming back after closing the tab shows the run where it is), remembered so that its result
+    stays on the page once it ends."""
     mine = my_job(state_key)
     if mine is not None:
         return mine
     active = others_active(kind, None)
     running = [s for s in active if s.status is JobStatus.RUNNING]
-    return (running or active or [None])[-1]
+    pick = (running or active or [None])[-1]
+    if pick is None:
+        return my_job(f"{state_key}:watched")
+    st.session_state[f"{state_key}:watched"] = pick.id
+    return pick
 
 
 def submit_job(kind: str, title: str, fn: Callable[[JobContext], Any], key: str, state_key: str,
@@ -91,7 +96,7 @@ def job_header(snap: JobSnapshot, *, stop_key: str) -> None:
         left.info(f"Waiting: number {snap.queue_position} in the queue (one job runs at a time).",
                   icon=":material/hourglass_top:")
     else:
-        left.progress(snap.progress, text=progress_text(snap))
+        left.progress(max(snap.progress, 0.01), text=progress_text(snap))  # 0 % drew as a full bar
     stopping = snap.message.startswith("cancelling")
     label = "Stopping…" if stopping else ("Stop" if snap.status is JobStatus.RUNNING else "Remove")
     right.button(label, key=stop_key, icon=":material/stop_circle:", disabled=stopping, width="stretch",
@@ -169,7 +174,8 @@ def forward_totals(config: str, batch_norm: bool, input_size: int, num_classes: 
     return summary.table_totals(table)
 
 
-@st.cache_data(show_spinner="Measuring this device's speed (once per model, size and device)…", max_entries=32)
+@st.cache_data(show_spinner="Measuring this device's speed (once per model, size and device)…",
+               max_entries=32)
 def speed_probe(config: str, batch_norm: bool, input_size: int, num_classes: int, device: str, optimizer: str,
                 freeze_mode: str, precision: str) -> tuple[float, float]:
     """(seconds per step, seconds per image) of training on ``device``, from the engine's own step.
@@ -201,7 +207,8 @@ def speed_probe(config: str, batch_norm: bool, input_size: int, num_classes: int
     autocast = choose_precision(precision, dev)
 
     def step(batch: int) -> float:
-        x = torch.randn(batch, 3, input_size, input_size, device=dev).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, input_size, input_size, device=dev)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, num_classes, (batch,), device=dev)
         start = time.perf_counter()
         train_step(model, opt, x, y, autocast)
@@ -235,8 +242,8 @@ def describe_job_error(snap: JobSnapshot) -> None:
     if snap.status is JobStatus.FAILED:
         show_error(snap.error or "the job failed")
     elif snap.status is JobStatus.CANCELLED:
-        st.warning("Stopped before the end" + (f": {snap.message}" if snap.message else "."),
-                   icon=":material/stop_circle:")
+        detail = f" ({snap.message})" if snap.message and snap.message != "cancelled" else ""
+        st.warning(f"Stopped before the end{detail}.", icon=":material/stop_circle:")
 
 
 # -- where the weights come from (LR finder and Train pages) -------------------------------------
@@ -283,7 +290,8 @@ def weight_files() -> list[str]:
 
     root = data_dir()
     found = [path for pattern in ("*.pt", "*.pth", "*/*.pt", "*/*.pth") for path in root.glob(pattern)]
-    return sorted(str(path.relative_to(root)) for path in found if path.is_file() and not path.name.startswith("."))
+    return sorted(str(path.relative_to(root)) for path in found
+                  if path.is_file() and not path.name.startswith("."))
 
 
 def init_ui(config: str, batch_norm: bool, *, key: str, allow_file: bool = False) -> str | None:
@@ -306,7 +314,8 @@ def init_ui(config: str, batch_norm: bool, *, key: str, allow_file: bool = False
     if choice == "run":
         runs = dict(earlier_runs(config, batch_norm))
         if not runs:
-            st.info(f"No finished run of configuration {config} {'with' if batch_norm else 'without'} batch norm "
+            with_bn = "with" if batch_norm else "without"
+            st.info(f"No finished run of configuration {config} {with_bn} batch norm "
                     "yet: train one on the Train page first.", icon=":material/info:")
             return None
         run_id = st.selectbox("Earlier run", list(runs), format_func=runs.get, key=f"{key}-run")

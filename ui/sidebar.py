@@ -23,7 +23,7 @@ def job_line(snap: JobSnapshot) -> str:
 def draw_job(snap: JobSnapshot) -> None:
     st.markdown(job_line(snap))
     if snap.status is JobStatus.RUNNING:
-        st.progress(snap.progress, text=snap.message or "starting")
+        st.progress(max(snap.progress, 0.01), text=snap.message or "starting")  # see ui.live.job_header
     stopping = snap.status is JobStatus.RUNNING and snap.message.startswith("cancelling")
     label = "Stopping…" if stopping else ("Stop" if snap.status is JobStatus.RUNNING else "Remove from queue")
     st.button(label, key=f"sidebar-stop-{snap.id}", icon=":material/stop_circle:", disabled=stopping,

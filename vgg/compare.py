@@ -243,34 +243,10 @@ def with_images_per_class(cfg: TrainConfig, images_per_class: int | None) -> Tra
     return replace(cfg, data=replace(cfg.data, images_per_class=images_per_class))
 
 
-# DataConfig may one day filter classes itself (a `classes` field); until then the subset is applied
-# to the loaded data by ClassSubsetRegistry, and the run's config.json records the classes it saw.
-_DATA_HAS_CLASSES = "classes" in getattr(DataConfig, "__dataclass_fields__", {})
-
-
-class ClassSubsetRegistry(DataRegistry):
-    """A view of a DataRegistry that hands out only some classes of every data set (relabelled 0..k-1)."""
-
-    def __init__(self, inner: DataRegistry, classes: Sequence[str]) -> None:
-        super().__init__(max_entries=0)
-        self.inner = inner
-        self.classes = tuple(classes)
-
-    def peek(self, cfg: DataConfig) -> DataSplits | None:
-        splits = self.inner.peek(cfg)
-        return None if splits is None else subset_classes(splits, self.classes)
-
-    def get(self, cfg: DataConfig, progress: ProgressCallback | None = None) -> DataSplits:
-        return subset_classes(self.inner.get(cfg, progress), self.classes)
-
-
 def restrict_classes(cfg: TrainConfig, classes: Sequence[str],
                      registry: DataRegistry) -> tuple[TrainConfig, DataRegistry]:
-    """``cfg`` and a registry that train on ``classes`` only."""
-    if _DATA_HAS_CLASSES:
-        data = replace(cfg.data, classes=tuple(classes))  # type: ignore[call-arg]
-        return replace(cfg, data=data), registry
-    return cfg, ClassSubsetRegistry(registry, classes)
+    """``cfg`` restricted to ``classes`` (DataConfig.classes), and the registry that serves it."""
+    return replace(cfg, data=replace(cfg.data, classes=tuple(classes))), registry
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ class DataConfig:
     seed: int = 0  # seeds the validation split and the images-per-class pick
     data_dir: Path | None = None  # None → settings.data_dir() ($VGG_DATA_DIR, default ./data)
     cache_dir: Path | None = None  # where decoded folders are cached; None → <data dir>/.cache
+    classes: tuple[str, ...] | None = None  # keep only these classes (relabelled 0..k-1); None = all
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -185,6 +186,10 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).expanduser())
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+            if len(self.classes) < 2:
+                raise ConfigError(f"a classifier needs at least two classes, got {len(self.classes)}")
         if self.source not in BUILTIN_SOURCES:
             self.folder()  # refuses paths outside the data dir now, not at load time
 
@@ -219,10 +224,12 @@ def load_data(cfg: DataConfig, progress: ProgressFn | None = None) -> DataSplits
     outside the data dir) or ``ConfigError``.
     """
     if cfg.source == "synthetic":
-        return _load_synthetic(cfg)
-    if cfg.source == "cifar10":
-        return _load_cifar10(cfg, progress)
-    return _load_folder(cfg, cfg.folder(), progress)
+        splits = _load_synthetic(cfg)
+    elif cfg.source == "cifar10":
+        splits = _load_cifar10(cfg, progress)
+    else:
+        splits = _load_folder(cfg, cfg.folder(), progress)
+    return splits if cfg.classes is None else subset_classes(splits, cfg.classes)
 
 
 def _finish(

@@ -70,8 +70,8 @@ def _check_positive_int(name: str, value: Any) -> int:
     return value
 
 
-def estimate_training_memory(config: str, batch_norm: bool, input_size: int, batch_size: int, num_classes: int,
-                             optimizer: str, *, freeze: str = "none") -> MemoryEstimate:
+def estimate_training_memory(config: str, batch_norm: bool, input_size: int, batch_size: int,
+                             num_classes: int, optimizer: str, *, freeze: str = "none") -> MemoryEstimate:
     """Peak memory of one training step of VGG ``config`` on ``input_size``-pixel images.
 
     ``optimizer`` is "adam" or "sgd" (with momentum), ``freeze`` one of ``FREEZE_MODES``.
@@ -189,8 +189,8 @@ def check_training_memory(config: str, batch_norm: bool, input_size: int, batch_
     if free > 0 and estimate.total_bytes > usable_fraction * free:
         where = "on the GPU" if torch.device(device).type == "cuda" else "in memory"
         raise VGGError(
-            f"this run needs about {gigabytes(estimate.total_bytes)} but only {gigabytes(free)} are free {where} "
-            f"(batch size {batch_size}, {input_size}×{input_size} px input); "
+            f"this run needs about {gigabytes(estimate.total_bytes)} but only {gigabytes(free)} are free "
+            f"{where} (batch size {batch_size}, {input_size}×{input_size} px input); "
             "use a smaller batch size or input size")
     return estimate
 
@@ -198,8 +198,9 @@ def check_training_memory(config: str, batch_norm: bool, input_size: int, batch_
 def check_config_memory(cfg: Any, num_classes: int, device: torch.device | str,
                         available: int | None = None) -> MemoryEstimate:
     """``check_training_memory`` for a ``vgg.train.TrainConfig`` (duck-typed: no import cycle)."""
-    return check_training_memory(cfg.config, cfg.batch_norm, cfg.model_input_size, cfg.batch_size, num_classes,
-                                 cfg.optimizer, device=device, freeze=cfg.freeze, available=available)
+    return check_training_memory(cfg.config, cfg.batch_norm, cfg.model_input_size, cfg.batch_size,
+                                 num_classes, cfg.optimizer, device=device, freeze=cfg.freeze,
+                                 available=available)
 
 
 # ------------------------------------------------------------------------------ measurements

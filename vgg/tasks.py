@@ -7,10 +7,10 @@ page needs to draw through the job's snapshots (history items are the engine's f
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from vgg.data import DataConfig, DataSplits, load_data
+from vgg.data import DataConfig, DataSplits, load_data, subset_classes
 from vgg.errors import VGGError
 from vgg.jobs import JobContext
 from vgg.lr_finder import LRFinderConfig, LRFinderResult, LRFinderStep
@@ -23,7 +23,9 @@ ProgressCallback = Callable[[int, int, str], None]
 class DataRegistry:
     """Loaded data sets, shared by every job and page of one process (a few at most)."""
 
-    def __init__(self, max_entries: int = 3) -> None:
+    def __init__(self, max_entries: int = 3,
+                 loader: Callable[[DataConfig, ProgressCallback | None], DataSplits] = load_data) -> None:
+        self._load = loader
         self._lock = threading.Lock()
         self._loading: dict[DataConfig, threading.Lock] = {}
         self._cache: dict[DataConfig, DataSplits] = {}
@@ -31,11 +33,19 @@ class DataRegistry:
 
     def peek(self, cfg: DataConfig) -> DataSplits | None:
         """The loaded data for ``cfg``, or None without loading."""
+        if cfg.classes is not None:
+            whole = self.peek(replace(cfg, classes=None))
+            return None if whole is None else subset_classes(whole, cfg.classes)
         with self._lock:
             return self._cache.get(cfg)
 
     def get(self, cfg: DataConfig, progress: ProgressCallback | None = None) -> DataSplits:
-        """Load ``cfg`` once (concurrent callers wait for the first) and keep it."""
+        """Load ``cfg`` once (concurrent callers wait for the first) and keep it.
+
+        A class subset (``cfg.classes``) is cut from the whole data set, which is loaded once.
+        """
+        if cfg.classes is not None:
+            return subset_classes(self.get(replace(cfg, classes=None), progress), cfg.classes)
         with self._lock:
             if cfg in self._cache:
                 return self._cache[cfg]
@@ -44,7 +54,7 @@ class DataRegistry:
             with self._lock:
                 if cfg in self._cache:
                     return self._cache[cfg]
-            splits = load_data(cfg, progress)
+            splits = self._load(cfg, progress)
             with self._lock:
                 self._cache[cfg] = splits
                 while len(self._cache) > self._max:

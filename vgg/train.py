@@ -122,7 +122,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["data"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in d["data"].items()}
+        d["data"] = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                     for k, v in d["data"].items()}
         return d
 
     @classmethod

@@ -19,7 +19,7 @@ VAL_COLOR = "#f58518"
 LR_COLOR = "#54a24b"
 MARK_COLORS: dict[str, str] = {"steepest": "#e45756", "valley": "#54a24b", "min_div10": "#b279a2"}
 MARK_SYMBOLS: dict[str, str] = {"steepest": "diamond", "valley": "star", "min_div10": "triangle-down"}
-MARK_TEXT: dict[str, str] = {"steepest": "top right", "valley": "top left", "min_div10": "bottom center"}
+MARK_TEXT: dict[str, str] = {"steepest": "top right", "valley": "top left", "min_div10": "bottom right"}
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 LEGEND = {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"}
 
@@ -75,7 +75,8 @@ def lr_finder_figure(
         fig.add_scatter(x=[lr], y=[loss], mode="markers+text", name=rule, text=[f"{rule} {lr:.1e}"],
                         textposition=MARK_TEXT.get(rule, "top center"),
                         marker={"size": 14, "color": MARK_COLORS.get(rule, "#333"),
-                                "symbol": MARK_SYMBOLS.get(rule, "circle"), "line": {"width": 1, "color": "#fff"}},
+                                "symbol": MARK_SYMBOLS.get(rule, "circle"),
+                                "line": {"width": 1, "color": "#fff"}},
                         hovertemplate=f"{rule}<br>lr %{{x:.2e}}<br>loss %{{y:.3f}}<extra></extra>")
     n = len(lrs)
     if n:
@@ -84,15 +85,16 @@ def lr_finder_figure(
                           annotation_text="skipped", annotation_position="top left")
         if 0 < skip_end < n:
             fig.add_vrect(x0=lrs[n - skip_end - 1], x1=lrs[-1], fillcolor="#999", opacity=0.12, line_width=0)
-    xaxis: dict[str, object] = {"type": "log", "title": "learning rate (log scale)", "exponentformat": "power"}
+    xaxis: dict[str, object] = {"type": "log", "title": "learning rate (log scale)",
+                                "exponentformat": "power"}
     if lr_range is not None:  # wide enough for every mark (min ÷ 10 can fall left of start_lr)
         low_lr = min([lr_range[0], *(lr / 1.5 for _, lr, _ in marks if lr > 0)])
         xaxis["range"] = [math.log10(low_lr), math.log10(lr_range[1])]
     yaxis: dict[str, object] = {"title": "loss"}
     low, high = _finite(losses), _finite(smoothed)
-    if low and high:  # a diverging tail would squash the interesting part: clip to the smoothed curve
+    if low and high:  # a diverging tail would squash the interesting part: clip far-out batch losses
         bottom = min(min(low), min(high))
-        top = max(high)
+        top = max(max(high), min(max(low), 1.5 * high[0]))
         pad = 0.08 * (top - bottom or 1.0)
         yaxis["range"] = [bottom - pad, top + pad]
     fig.update_layout(title=title, height=420, margin=MARGIN, legend=LEGEND, xaxis=xaxis, yaxis=yaxis,
@@ -128,7 +130,7 @@ def step_curves_figure(
             fig.add_vline(x=step, line={"dash": "dot", "color": "#aaa", "width": 1}, row=1, col=col)
     fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=2)
     fig.update_yaxes(exponentformat="e", row=1, col=3)
-    fig.update_xaxes(title_text="step")
+    fig.update_xaxes(title_text="step", dtick=1 if len(x) <= 10 else None)  # no "step 1.5"
     fig.update_layout(height=300, margin=MARGIN, uirevision="steps")
     return fig
 
@@ -166,15 +168,17 @@ def lr_schedule_figure(
     """One-cycle learning rate against the fraction of the run, with a constant lr for comparison."""
     fig = go.Figure()
     x = [100.0 * p for p in progress]
-    fig.add_scatter(x=x, y=list(onecycle), mode="lines", name="one-cycle", line={"color": LR_COLOR, "width": 3},
-                    hovertemplate="%{x:.0f} %% of the run<br>lr %{y:.2e}<extra>one-cycle</extra>")
+    fig.add_scatter(x=x, y=list(onecycle), mode="lines", name="one-cycle",
+                    line={"color": LR_COLOR, "width": 3},
+                    hovertemplate="%{x:.0f} % of the run<br>lr %{y:.2e}<extra>one-cycle</extra>")
     if constant is not None:
         fig.add_scatter(x=[x[0], x[-1]], y=[constant, constant], mode="lines", name="constant",
                         line={"color": "#888", "dash": "dash", "width": 2})
     if marker is not None and progress:
         i = min(range(len(progress)), key=lambda j: abs(progress[j] - marker))
-        fig.add_scatter(x=[x[i]], y=[onecycle[i]], mode="markers+text", name="now", text=[f"{onecycle[i]:.1e}"],
-                        textposition="top right", marker={"size": 12, "color": "#e45756"})
+        fig.add_scatter(x=[x[i]], y=[onecycle[i]], mode="markers+text", name="now",
+                        text=[f"{onecycle[i]:.1e}"], textposition="top right",
+                        marker={"size": 12, "color": "#e45756"})
     fig.update_layout(title=title, height=320, margin=MARGIN, legend=LEGEND,
                       xaxis={"title": "% of the run", "range": [0, 100]},
                       yaxis={"title": "learning rate", "exponentformat": "e", "rangemode": "tozero"})

@@ -1,0 +1,510 @@
+"""A full classroom against the real server: 30 browser sessions watching a training, then 30 Start clicks.
+
+Not part of ``make test``: it takes several minutes and the whole machine. Everything runs on this
+machine and talks only to 127.0.0.1: the app (its own ``streamlit run`` subprocess with fresh data
+and runs dirs) and headless Chromium (one browser, one context per pupil).
+
+Phases (each bounded to about two minutes, the whole script to about ten):
+
+1. start the server; start a training from the Train page in one context, then close it;
+2. baseline: the training's images/s with nobody watching, read from the run's ``metrics.csv``
+   (``images_per_second`` of each step) over a window;
+3. N contexts open the pages in waves (most on the Train page's live view, the rest on the other
+   pages); page render time = from ``goto`` until the app's script state is "notRunning";
+4. the same window with the N sessions watching: images/s again, the server's CPU and the number
+   of fragment reruns (counted in each tab from its script-state changes); the server's CPU that
+   went to the sessions is its total CPU minus that of the training's threads (identified in
+   phase 2 as the threads that worked while nobody watched);
+5. every context on the Train page with its own settings (epochs) clicks Start at once: jobs
+   running / queued / refused, and the server's resident memory before and after.
+
+The last lines printed are the summary. Usage::
+
+    .venv/bin/python bench/load_test.py [--contexts 30] [--window 45] [--wave 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vgg.resources import cpu_seconds, rss_bytes  # noqa: E402
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+APP_IDLE = ('[data-testid="stApp"][data-test-connection-state="CONNECTED"]'
+            '[data-test-script-state="notRunning"]')
+EXCEPTION = '[data-testid="stException"]'
+ERROR_ALERT = '[data-testid="stAlertContentError"]'
+SIDEBAR = '[data-testid="stSidebar"]'
+WATCHER_INTERVAL_S = 3.0  # ui/common.py: how often a session that did not start the job polls
+PHASE_S = 120.0  # upper bound of each phase
+OTHER_PAGES = ("", "data", "lr_finder", "compare", "evaluate", "classify")  # "" is the Architecture page
+
+# Counts this tab's script runs (full and fragment) from now on: each run turns the app's
+# script state to "running".
+COUNT_RUNS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    window.__runs = 0;
+    if (window.__runObserver) window.__runObserver.disconnect();
+    window.__runObserver = new MutationObserver(records => {
+        for (const r of records)
+            if (app.getAttribute('data-test-script-state') === 'running') window.__runs += 1;
+    });
+    window.__runObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+WATCH_STATE = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    window.__changes = 0;
+    if (window.__changeObserver) window.__changeObserver.disconnect();
+    window.__changeObserver = new MutationObserver(() => { window.__changes += 1; });
+    window.__changeObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ the server
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    base: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(base: Path) -> Server:
+    env = {k: v for k, v in os.environ.items() if k != "VGG_DEBUG"}
+    for name, folder in (("VGG_DATA_DIR", "data"), ("VGG_RUNS_DIR", "runs"), ("TORCH_HOME", "torch")):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+        env[name] = str(base / folder)
+    env.update(VGG_DEVICE="cpu", PYTHONUNBUFFERED="1")
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true",
+               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    out = (base / "server.log").open("wb")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(process, f"http://127.0.0.1:{port}/", base)
+    deadline = time.monotonic() + PHASE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}; see {base / 'server.log'}")
+        try:
+            with urllib.request.urlopen(server.url + "_stcore/health", timeout=2) as response:
+                if response.read().decode().strip() == "ok":
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the server did not answer within {PHASE_S:.0f} s")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each live thread of ``pid``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def descendants_cpu(root: int) -> float:
+    """CPU seconds of every process below ``root`` (here: the Chromium that playwright started)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(text[text.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    below, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    total = 0.0
+    for pid in below:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+# ------------------------------------------------------------------------------------------ the training
+
+
+def the_run(runs: Path) -> Path | None:
+    folders = [p for p in runs.iterdir() if (p / "metrics.csv").is_file()] if runs.is_dir() else []
+    return max(folders, key=lambda p: p.stat().st_mtime) if folders else None
+
+
+def step_rows(metrics: Path) -> list[dict[str, str]]:
+    """Complete step rows of metrics.csv (a line being written now is left out)."""
+    lines = metrics.read_text(encoding="utf-8").split("\n")
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:-1] if line]
+    return [row for row in rows if row.get("kind") == "step"]
+
+
+@dataclass
+class Window:
+    steps: int
+    median_ips: float  # median of the steps' images_per_second
+    effective_ips: float  # images seen / training seconds over the window (validation, saving included)
+    server_cpu: float
+    thread_cpu: dict[int, float]
+    seconds: float
+
+
+def measure_window(server: Server, metrics: Path, seconds: float) -> Window:
+    """Throughput and server CPU over ``seconds`` of wall time."""
+    rows0 = step_rows(metrics)
+    cpu0, threads0, t0 = cpu_seconds(server.pid), thread_cpu(server.pid), time.monotonic()
+    time.sleep(seconds)  # the measurement window itself
+    rows1 = step_rows(metrics)
+    cpu1, threads1, t1 = cpu_seconds(server.pid), thread_cpu(server.pid), time.monotonic()
+    new = rows1[len(rows0):]
+    ips = [float(r["images_per_second"]) for r in new if r.get("images_per_second")]
+    overall = float("nan")
+    if rows0 and new:  # images seen between the last step before the window and the last one in it,
+        first, last = rows0[-1], new[-1]  # over the training's own clock (validation and saving included)
+        elapsed = float(last["seconds"]) - float(first["seconds"])
+        overall = (int(last["images_seen"]) - int(first["images_seen"])) / elapsed if elapsed > 0 else overall
+    delta = {tid: threads1[tid] - threads0.get(tid, 0.0) for tid in threads1}
+    median = statistics.median(ips) if ips else float("nan")
+    return Window(len(new), median, overall, cpu1 - cpu0, delta, t1 - t0)
+
+
+# ------------------------------------------------------------------------------------------ browser helpers
+
+
+async def wait_idle(page: Any, timeout_s: float = PHASE_S) -> None:
+    await page.wait_for_selector(APP_IDLE, state="attached", timeout=timeout_s * 1000)
+
+
+async def rerun(page: Any, action: Any, timeout_s: float = PHASE_S) -> None:
+    """Do ``action`` and wait for the rerun it causes to start and end."""
+    await page.evaluate(WATCH_STATE)
+    await action()
+    await page.wait_for_function("() => window.__changes > 0", timeout=timeout_s * 1000)
+    await wait_idle(page, timeout_s)
+
+
+async def set_number(page: Any, key: str, value: int) -> None:
+    """Type ``value`` into the number input with widget key ``key`` and wait for the rerun."""
+    field = page.locator(f".st-key-{key} input")
+    await field.fill(str(value))
+    await rerun(page, lambda: field.press("Enter"))
+
+
+async def open_page(context: Any, url: str) -> tuple[Any, float]:
+    """A new tab on ``url``; returns it and the seconds until its script first finished."""
+    page = await context.new_page()
+    start = time.monotonic()
+    await page.goto(url, wait_until="commit", timeout=PHASE_S * 1000)
+    await wait_idle(page)
+    return page, time.monotonic() - start
+
+
+@dataclass
+class Results:
+    contexts: int = 0
+    load_before: str = ""
+    baseline: Window | None = None
+    watched: Window | None = None
+    renders: list[float] = field(default_factory=list)
+    render_failures: int = 0
+    reruns_counted: int = 0
+    ui_cpu: float = float("nan")
+    chromium_cpu: float = float("nan")
+    exceptions: int = 0
+    error_alerts: int = 0
+    clicks: int = 0
+    running: int | None = None
+    queued: int | None = None
+    refused: int = 0
+    accepted_pages: int = 0
+    sidebar_line: str = ""
+    rss_before: int = 0
+    rss_after: int = 0
+    rss_start: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))] if ordered else float("nan")
+
+
+async def count_on_pages(pages: list[Any], selector: str) -> int:
+    counts = await asyncio.gather(*(page.locator(selector).count() for page in pages), return_exceptions=True)
+    return sum(c for c in counts if isinstance(c, int))
+
+
+# ------------------------------------------------------------------------------------------ the phases
+
+
+async def start_training(browser: Any, server: Server, epochs: int, batch: int) -> None:
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page, _ = await open_page(context, server.url + "train")
+        await set_number(page, "train-epochs", epochs)
+        await set_number(page, "train-batch", batch)
+        await rerun(page, lambda: page.get_by_role("button", name="Start training").click())
+    finally:
+        await context.close()  # the run goes on without anyone watching
+
+
+async def open_watchers(browser: Any, server: Server, n: int, wave: int,
+                        res: Results) -> list[tuple[Any, Any]]:
+    """``n`` contexts, two thirds on the Train page, the rest spread over the other pages, in waves."""
+    opened: list[tuple[Any, Any]] = []
+    deadline = time.monotonic() + PHASE_S
+
+    async def one(i: int) -> tuple[Any, Any] | None:
+        context = await browser.new_context(viewport={"width": 1280, "height": 800})
+        path = "train" if i % 3 != 2 else OTHER_PAGES[(i // 3) % len(OTHER_PAGES)]
+        try:
+            page, seconds = await open_page(context, server.url + path)
+        except Exception as error:  # a timeout under load is a result, not a crash of the bench
+            res.render_failures += 1
+            log(f"context {i} ({path or 'architecture'}) did not render: {str(error).splitlines()[0]}")
+            return context, None
+        res.renders.append(seconds)
+        return context, page
+
+    for first in range(0, n, wave):
+        if time.monotonic() > deadline:
+            res.notes.append(f"opened only {len(opened)} of {n} contexts within {PHASE_S:.0f} s")
+            break
+        batch = await asyncio.gather(*(one(i) for i in range(first, min(n, first + wave))))
+        opened += [item for item in batch if item is not None]
+        log(f"{len(opened)} contexts open; render times so far: median {statistics.median(res.renders):.1f} s"
+            if res.renders else f"{len(opened)} contexts open")
+    return opened
+
+
+async def thirty_clicks(pages: list[Any], server: Server, res: Results) -> None:
+    """Every page to the Train page with its own epochs, then all click Start at once."""
+    async def prepare(i: int, page: Any) -> Any:
+        try:
+            if not page.url.rstrip("/").endswith("/train"):
+                await page.goto(server.url + "train", wait_until="commit", timeout=PHASE_S * 1000)
+                await wait_idle(page)
+            await set_number(page, "train-epochs", 2 + i)  # distinct settings: distinct jobs
+            return page
+        except Exception as error:
+            log(f"context {i} could not be prepared: {str(error).splitlines()[0]}")
+            return None
+
+    ready = []
+    for first in range(0, len(pages), 10):
+        ready += await asyncio.gather(*(prepare(i, p) for i, p in enumerate(pages[first:first + 10], first)))
+    ready = [p for p in ready if p is not None]
+    res.rss_before = rss_bytes(server.pid)
+    for page in ready:
+        await page.evaluate(WATCH_STATE)
+    start = time.monotonic()
+    await asyncio.gather(*(page.get_by_role("button", name="Start training").click(timeout=PHASE_S * 1000)
+                           for page in ready), return_exceptions=True)
+    res.clicks = len(ready)
+    log(f"{len(ready)} Start clicks sent in {time.monotonic() - start:.1f} s")
+    await asyncio.gather(*(page.wait_for_function("() => window.__changes > 0", timeout=PHASE_S * 1000)
+                           for page in ready), return_exceptions=True)
+    await asyncio.gather(*(wait_idle(page) for page in ready), return_exceptions=True)
+    texts = await asyncio.gather(*(page.locator(ERROR_ALERT).all_inner_texts() for page in ready),
+                                 return_exceptions=True)
+    res.refused = sum(1 for t in texts if isinstance(t, list) and any("queue is full" in x for x in t))
+    yours = await asyncio.gather(*(page.get_by_text("yours", exact=False).count() for page in ready),
+                                 return_exceptions=True)
+    res.accepted_pages = sum(1 for c in yours if isinstance(c, int) and c > 0)
+    # The sidebar of a fresh look at the app: "Jobs: 1 running, 20 queued".
+    page = ready[0]
+    await page.goto(server.url, wait_until="commit")
+    await wait_idle(page)
+    sidebar = await page.locator(SIDEBAR).inner_text()
+    match = re.search(r"Jobs:\s*(\d+) running, (\d+) queued", sidebar)
+    if match:
+        res.running, res.queued = int(match.group(1)), int(match.group(2))
+        res.sidebar_line = match.group(0)
+    res.rss_after = rss_bytes(server.pid)
+    res.exceptions = max(res.exceptions, await count_on_pages(ready, EXCEPTION))
+
+
+async def main_async(args: argparse.Namespace) -> Results:
+    from playwright.async_api import async_playwright
+
+    res = Results(contexts=args.contexts, load_before="%.2f %.2f %.2f" % os.getloadavg())
+    base = Path(tempfile.mkdtemp(prefix="vgg-load-"))
+    t_start = time.monotonic()
+    log(f"load average {res.load_before}; {os.cpu_count()} CPUs; server dirs in {base}")
+    server = start_server(base)
+    log(f"server up at {server.url} (pid {server.pid}) after {time.monotonic() - t_start:.0f} s")
+    res.rss_start = rss_bytes(server.pid)
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                await asyncio.wait_for(start_training(browser, server, args.epochs, args.batch_size), PHASE_S)
+                runs = base / "runs"
+                deadline = time.monotonic() + PHASE_S
+                while time.monotonic() < deadline:  # a few steps done: past the warm-up
+                    run = the_run(runs)
+                    if run is not None and len(step_rows(run / "metrics.csv")) >= args.warmup_steps:
+                        break
+                    await asyncio.sleep(0.5)
+                else:
+                    raise RuntimeError("the training did not start within the phase's time")
+                metrics = run / "metrics.csv"
+                log(f"training {run.name} is running; baseline window of {args.window:.0f} s, "
+                    "nobody watching")
+                res.baseline = await asyncio.to_thread(measure_window, server, metrics, args.window)
+                log(f"baseline: {res.baseline.steps} steps, median {res.baseline.median_ips:.1f} img/s")
+
+                opened = await open_watchers(browser, server, args.contexts, args.wave, res)
+                pages = [p for _, p in opened if p is not None]
+                await asyncio.gather(*(page.evaluate(COUNT_RUNS) for page in pages), return_exceptions=True)
+                chromium0 = descendants_cpu(os.getpid())
+                log(f"watched window of {args.window:.0f} s with {len(pages)} sessions")
+                res.watched = await asyncio.to_thread(measure_window, server, metrics, args.window)
+                res.chromium_cpu = descendants_cpu(os.getpid()) - chromium0
+                runs_per_page = await asyncio.gather(
+                    *(page.evaluate("() => window.__runs || 0") for page in pages), return_exceptions=True)
+                res.reruns_counted = sum(r for r in runs_per_page if isinstance(r, int))
+                training = {tid for tid, cpu in res.baseline.thread_cpu.items()
+                            if tid != server.pid and cpu > 0.05 * res.baseline.seconds}
+                training_cpu = sum(res.watched.thread_cpu.get(tid, 0.0) for tid in training)
+                res.ui_cpu = res.watched.server_cpu - training_cpu
+                res.exceptions = await count_on_pages(pages, EXCEPTION)
+                res.error_alerts = await count_on_pages(pages, ERROR_ALERT)
+                log(f"watched: {res.watched.steps} steps, median {res.watched.median_ips:.1f} img/s; "
+                    f"{res.reruns_counted} script runs counted in the tabs")
+
+                if time.monotonic() - t_start < args.total - PHASE_S:
+                    await asyncio.wait_for(thirty_clicks(pages, server, res), PHASE_S * 1.5)
+                else:
+                    res.notes.append("Start-click phase skipped: the time budget was spent")
+                for context, _ in opened:
+                    await context.close()
+            finally:
+                await browser.close()
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    log(f"done in {time.monotonic() - t_start:.0f} s")
+    return res
+
+
+def summary(res: Results, args: argparse.Namespace) -> str:
+    b, w = res.baseline, res.watched
+    lines = ["", "=" * 30 + " load test summary " + "=" * 30,
+             f"machine: {os.cpu_count()} CPUs, load average at start {res.load_before}; "
+             f"server and Chromium on the same machine"]
+    lines.append(f"sessions: {res.contexts} contexts requested (waves of {args.wave}); "
+                 f"{len(res.renders)} rendered, {res.render_failures} failed to render")
+    if res.renders:
+        lines.append(f"page render (goto -> script notRunning): p95 {p95(res.renders):.1f} s, "
+                     f"median {statistics.median(res.renders):.1f} s, max {max(res.renders):.1f} s")
+    if b is not None:
+        lines.append(f"training, nobody watching: median {b.median_ips:.1f} img/s per step "
+                     f"({b.steps} steps), {b.effective_ips:.1f} img/s overall, "
+                     f"server CPU {b.server_cpu:.1f} s in {b.seconds:.0f} s")
+    if w is not None and b is not None:
+        drop = 1 - w.median_ips / b.median_ips if b.median_ips else float("nan")
+        overall = 1 - w.effective_ips / b.effective_ips if b.effective_ips else float("nan")
+        lines.append(f"training, {len(res.renders)} watching: median {w.median_ips:.1f} img/s per step "
+                     f"({w.steps} steps), {w.effective_ips:.1f} img/s overall")
+        lines.append(f"throughput drop: {drop:.1%} per step, {overall:.1%} overall (target <= 15 %)")
+        estimate = len(res.renders) * w.seconds / WATCHER_INTERVAL_S
+        reruns = res.reruns_counted
+        source = "counted in the tabs"
+        if reruns == 0:
+            reruns, source = round(estimate), f"estimated: sessions x window / {WATCHER_INTERVAL_S:g} s"
+        lines.append(f"script runs during the window: {reruns} ({source}; the {WATCHER_INTERVAL_S:g} s "
+                     f"watcher interval predicts {estimate:.0f})")
+        per = res.ui_cpu / reruns if reruns else float("nan")
+        lines.append(f"server CPU for the sessions: {res.ui_cpu:.1f} s in {w.seconds:.0f} s "
+                     f"(total {w.server_cpu:.1f} s minus the training threads) = "
+                     f"{per * 1000:.0f} ms per rerun")
+        lines.append(f"Chromium CPU in the same window: {res.chromium_cpu:.1f} s (competes with the training "
+                     "on this machine; in a classroom it runs on the pupils' computers)")
+    lines.append(f"sessions showing an exception element: {res.exceptions}; error alerts: {res.error_alerts}")
+    if res.clicks:
+        lines.append(f"Start clicks: {res.clicks} at once -> running {res.running}, queued {res.queued}, "
+                     f"refused with 'queue is full' {res.refused}; pages showing a job of theirs "
+                     f"{res.accepted_pages} (sidebar: '{res.sidebar_line}')")
+        lines.append(f"server RSS: {res.rss_start / 1e6:.0f} MB at start, "
+                     f"{res.rss_before / 1e6:.0f} MB before the clicks, {res.rss_after / 1e6:.0f} MB after")
+    for note in res.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", type=int, default=30, help="browser sessions (default 30)")
+    parser.add_argument("--wave", type=int, default=10, help="contexts opened at once (default 10)")
+    parser.add_argument("--window", type=float, default=45.0,
+                        help="seconds of each measuring window (default 45)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the watched training (default 30)")
+    parser.add_argument("--batch-size", type=int, default=32, help="its batch size (default 32)")
+    parser.add_argument("--warmup-steps", type=int, default=3,
+                        help="steps before the baseline window (default 3)")
+    parser.add_argument("--total", type=float, default=600.0, help="time budget of the whole script in s")
+    parser.add_argument("--keep", action="store_true", help="keep the server's temporary dirs and log")
+    args = parser.parse_args()
+    if not os.access(CHROMIUM, os.X_OK):
+        print(f"no Chromium at {CHROMIUM}: install it (make test does) or set CHROMIUM", file=sys.stderr)
+        return 1
+    res = asyncio.run(main_async(args))
+    print(summary(res, args), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
