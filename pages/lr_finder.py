@@ -29,7 +29,6 @@ from ui.live import (
     submit_job,
     watched_job,
 )
-from vgg import tasks as vgg_tasks
 from vgg.errors import VGGError
 from vgg.figures import training as figures
 from vgg.jobs import JobSnapshot, UnknownJobError
@@ -38,9 +37,6 @@ from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
 from vgg.tasks import lr_find_task
 from vgg.train import OPTIMIZERS, TrainConfig
 
-# Workaround, to remove once fixed: vgg/tasks.py defines LRFindJobResult but builds LRFinderJobResult.
-if not hasattr(vgg_tasks, "LRFinderJobResult"):
-    vgg_tasks.LRFinderJobResult = vgg_tasks.LRFindJobResult  # type: ignore[attr-defined]
 
 LESSONS = Path(__file__).resolve().parent.parent / "assets" / "lr_finder"
 JOB = "lrf_job"  # st.session_state key: id of this session's latest range test

@@ -154,14 +154,6 @@ def page_link(page: str, label: str, icon: str | None = None) -> None:
         st.markdown(f"{label}: open **{Path(page).stem.replace('_', ' ').title()}** in the sidebar.")
 
 
-def switch_page(page: str) -> None:
-    """``st.switch_page`` where the page is routed; otherwise stay (a page run alone, as in AppTest)."""
-    try:
-        st.switch_page(page)
-    except StreamlitAPIException:
-        st.info(f"Open **{Path(page).stem.replace('_', ' ').title()}** in the sidebar.")
-
-
 # -- the Train page's cost estimate -------------------------------------------------------------
 
 

@@ -82,7 +82,7 @@ def data_task(cfg: DataConfig, registry: DataRegistry) -> Callable[[JobContext],
 
 
 @dataclass(frozen=True)
-class LRFindJobResult:
+class LRFinderJobResult:
     result: LRFinderResult
     config: TrainConfig
 

@@ -31,6 +31,7 @@ from vgg.model import (
     load_state_dict_file,
     param_groups,
 )
+from vgg.resources import check_config_memory
 from vgg.settings import resolve_device, runs_dir
 
 OPTIMIZERS = ("adam", "sgd")
@@ -265,6 +266,8 @@ def prepare_model(
     """Build the model for ``cfg``: fresh, ImageNet, an earlier run's best checkpoint, or a file."""
     device = resolve_device(cfg.device)
     num_classes = len(classes)
+    # Refuse a run that would not fit before the kernel's OOM killer ends the whole server.
+    check_config_memory(cfg, num_classes, device)
     torch.manual_seed(cfg.seed)
     mean, std = data_mean, data_std
     if cfg.init == "scratch":
