@@ -229,8 +229,6 @@ def test_peak_rss_and_process_measurements() -> None:
     assert resources.cpu_seconds(os.getpid()) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in vgg/train.py: prepare_model() should call "
-                                       "vgg.resources.check_config_memory before building the model")
 def test_fit_refuses_a_run_that_does_not_fit_before_building_the_model(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(resources, "available_memory_bytes", lambda device="cpu": 10**9)
@@ -305,8 +303,6 @@ def test_out_of_memory_during_training_fails_the_job_and_keeps_the_run_folder(
     assert len(store.metrics(info.run_id)) >= 1  # the step before the failure was flushed
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in vgg/train.py: fit() records _one_line(exc) "
-                                       "('MemoryError: ') in the run folder; use vgg.jobs.describe_exception")
 def test_out_of_memory_during_training_is_explained_in_the_run_folder(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _training_that_runs_out_of_memory(monkeypatch)

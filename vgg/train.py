@@ -31,6 +31,7 @@ from vgg.model import (
     load_state_dict_file,
     param_groups,
 )
+from vgg.jobs import describe_exception
 from vgg.resources import check_config_memory
 from vgg.settings import resolve_device, runs_dir
 
@@ -749,7 +750,7 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
         result = trainer.fit()
     except BaseException as exc:
         if writer is not None:
-            writer.set_status("failed", _one_line(exc))
+            writer.set_status("failed", describe_exception(exc))
             writer.close()
         raise
     if writer is not None:
@@ -763,9 +764,6 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
     return result
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 # --------------------------------------------------------------------------------------------
