@@ -33,7 +33,6 @@ from ui.live import (
     init_ui,
     job_config,
     job_header,
-    memory_estimate,
     others_active,
     page_link,
     probe_macs,
@@ -45,6 +44,7 @@ from vgg.errors import VGGError
 from vgg.figures import training as figures
 from vgg.jobs import JobSnapshot, UnknownJobError
 from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
+from vgg.resources import estimate_training_memory
 from vgg.settings import resolve_device
 from vgg.summary import format_bytes, format_si
 from vgg.tasks import train_task
@@ -141,13 +141,14 @@ def cost_ui(cfg: TrainConfig) -> None:
     n_val = len(splits.val) if splits else round(pool * cfg.data.val_fraction)
     totals = forward_totals(cfg.config, cfg.batch_norm, cfg.model_input_size, classes)
     epoch_macs = 3 * totals["total_macs"] * n_train + totals["total_macs"] * n_val  # training ≈ 3 × forward
-    memory = memory_estimate(totals, cfg.batch_size, cfg.optimizer)
+    memory = estimate_training_memory(cfg.config, cfg.batch_norm, cfg.model_input_size, cfg.batch_size,
+                                      classes, cfg.optimizer, freeze=cfg.freeze)
     cols = st.columns(4)
     cols[0].metric("Multiply-adds per epoch", format_si(epoch_macs),
                    help=f"{n_train:,} training images × 3 × {format_si(totals['total_macs'])} "
                         f"(forward + backward) + {n_val:,} validation images")
-    cols[1].metric("Memory (estimate)", format_bytes(memory["total"]),
-                   help=" · ".join(f"{k} {format_bytes(v)}" for k, v in memory.items() if k != "total"))
+    cols[1].metric("Memory (estimate)", format_bytes(memory.total_bytes),
+                   help=f"Peak of a training step: {memory.describe()}")
     probe_args = (cfg.config, cfg.batch_norm, cfg.model_input_size, classes, cfg.device, cfg.optimizer,
                   cfg.freeze, cfg.precision)
     probed = st.session_state.setdefault("_train_probed", set())  # measured already (cached)

@@ -195,8 +195,8 @@ print(json.dumps({"used": peak - before}))
 
 @pytest.mark.slow
 def test_estimate_bounds_a_measured_training_step_from_above() -> None:
-    """The real peak of two Adam steps (a fresh process) is near the estimate: at most 25 % above it,
-    and the estimate at most 2.5× the peak."""
+    """The real peak of two Adam steps (a fresh process) fits in what the preflight reserves for the
+    estimate (estimate ÷ USABLE_FRACTION), and the estimate is at most 2.5× the peak."""
     size, batch = 96, 16
     done = subprocess.run([sys.executable, "-c", MEASURE_STEP, str(size), str(batch)], cwd=REPO,
                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
@@ -204,9 +204,9 @@ def test_estimate_bounds_a_measured_training_step_from_above() -> None:
     assert done.returncode == 0, done.stderr
     used = json.loads(done.stdout)["used"]
     estimate = resources.estimate_training_memory("A", True, size, batch, 10, "adam").total_bytes
-    # Peaks vary between runs with the allocator's timing (3.19 GB against a 2.63 GB estimate was
-    # seen once at this size); the preflight keeps a further 15 % of free memory in reserve.
-    assert used < 1.25 * estimate and estimate < 2.5 * used, (used, estimate)
+    # Peaks of this very step vary between runs with the threads' timing (2.4 GB to 3.5 GB seen on
+    # this kind of machine): the estimate's activation factor covers that (vgg/resources.py).
+    assert used < estimate / resources.USABLE_FRACTION and estimate < 2.5 * used, (used, estimate)
 
 
 def test_available_memory_is_plausible_and_respects_a_container_limit(tmp_path: Path) -> None:
@@ -379,11 +379,6 @@ def test_a_pickle_that_runs_code_is_refused_by_every_reader(tiny: dict[str, Any]
         run_dir.rmdir()
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in vgg/runs.py read_checkpoint_file and vgg/model.py "
-                                       "load_state_dict_file: torch's text (ANSI escapes, advice to load "
-                                       "with weights_only=False) and its pickle-protocol warning reach "
-                                       "the user")
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_refused_pickle_is_explained_in_one_clean_line(tiny: dict[str, Any], tmp_path: Path) -> None:
     dirs = tiny["dirs"]
     payload = {"model": {"features.0.weight": WritesMarker(tmp_path / "pwned")}, "meta": {}}

@@ -219,16 +219,6 @@ def probe_macs(forward_macs: int) -> float:
     return 3.0 * forward_macs * (2 * PROBE_SMALL + PROBE_LARGE)
 
 
-def memory_estimate(totals: dict[str, int], batch_size: int, optimizer: str) -> dict[str, int]:
-    """Bytes for weights, gradients, optimizer state and activations (fp32, a rough estimate:
-    activations are kept once for the backward pass and about as much again while it runs)."""
-    params = totals["param_bytes"]
-    state = 2 * params if optimizer == "adam" else params  # Adam: two moments; SGD: momentum
-    activations = 2 * totals["activation_bytes"] * batch_size
-    return {"weights": params, "gradients": params, "optimizer state": state, "activations": activations,
-            "total": 2 * params + state + activations}
-
-
 def describe_job_error(snap: JobSnapshot) -> None:
     """A finished job's outcome as one message box."""
     if snap.status is JobStatus.FAILED:

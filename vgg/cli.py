@@ -749,7 +749,8 @@ def _evaluate_checkpoint(info: RunInfo, store: RunStore, which: str, device_name
                               f"({', '.join(loaded.classes[:3])}, …) but its data set now has "
                               f"{len(splits.classes)} ({', '.join(splits.classes[:3])}, …)")
     bar.update(None, f"evaluating {which}.pt on {len(splits.test)} test images", force=True)
-    result = evaluate_loaded(loaded, splits.test, cancel=cancel)
+    result = evaluate_loaded(loaded, splits.test, precision=str(info.config.get("precision", "auto")),
+                             cancel=cancel)
     if cancel.is_set():
         raise _Cancelled()
     labels = result["labels"]

@@ -542,17 +542,25 @@ def imagenet_top5(
 
 
 def evaluate_loaded(
-    loaded: LoadedModel, data: TensorData, *, batch_size: int = 128, cancel: threading.Event | None = None
+    loaded: LoadedModel,
+    data: TensorData,
+    *,
+    precision: str = "auto",
+    cancel: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Test-set predictions of ``loaded`` on ``data`` in the format of ``predictions.pt``.
+
+    ``precision`` is the run's ``TrainConfig.precision``: evaluating as the training did gives the
+    same test accuracy as the run recorded (near-ties flip between bf16 and fp32).
 
     Returns ``{"labels", "probabilities" (float16 N×C), "hidden" (float16, first ≤1000 rows),
     "classes", "split": "test", "loss", "accuracy"}``.
     """
-    from vgg.train import BatchPipeline, evaluate
+    from vgg.train import BatchPipeline, choose_precision, evaluate
 
     pipeline = BatchPipeline(loaded.mean, loaded.std, loaded.device, loaded.input_size, False)
-    result = evaluate(loaded.model, data, pipeline, batch_size=batch_size, keep_hidden=True, cancel=cancel)
+    result = evaluate(loaded.model, data, pipeline, keep_hidden=True, cancel=cancel,
+                      autocast_dtype=choose_precision(precision, loaded.device))
     hidden = result.hidden[:HIDDEN_ROWS].half() if result.hidden is not None else None
     return {
         "labels": result.labels,
@@ -585,7 +593,8 @@ def evaluate_run(
             f"run {run_id} was trained on classes {', '.join(loaded.classes[:4])}… but the "
             f"data set has {', '.join(splits.classes[:4])}…; it cannot be evaluated on it"
         )
-    predictions = evaluate_loaded(loaded, splits.test, cancel=cancel)
+    precision = str(store.get(run_id).config.get("precision", "auto"))
+    predictions = evaluate_loaded(loaded, splits.test, precision=precision, cancel=cancel)
     if cancel is not None and cancel.is_set():
         raise CheckpointError(f"the evaluation of run {run_id} was stopped; nothing was saved")
     save_run_predictions(store, run_id, predictions)

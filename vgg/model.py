@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
 from vgg.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from vgg.safeload import load_weights_only
 
 # Table 1 of the paper: ints are 3×3 convolutions (padding 1) with that many output channels,
 # "1x1-N" a 1×1 convolution (padding 0) with N channels, "M" a 2×2 max-pool with stride 2 and
@@ -255,11 +256,7 @@ def load_state_dict_file(path: Path | str) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"state-dict file {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path.name} is not a plain PyTorch state dict ({reason[:200]})") from e
+    obj = load_weights_only(path)
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state dict "
                               "(a mapping of parameter names to tensors)")

@@ -39,6 +39,7 @@ import torch
 
 from vgg.errors import CheckpointError, ConfigError, PathError, VGGError
 from vgg.paths import validate_run_id
+from vgg.safeload import load_weights_only
 
 logger = logging.getLogger(__name__)
 
@@ -308,17 +309,8 @@ def _save_torch(path: Path, payload: Any, run_id: str) -> None:
 
 def read_checkpoint_file(path: Path, *, label: str | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; anything that would run code, or a
-    corrupt or truncated file, → ``CheckpointError`` with one line."""
-    label = label or path.name
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{label} does not exist") from exc
-    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        detail = _first_line(str(exc)) or type(exc).__name__
-        raise CheckpointError(f"refusing to load {label}: it is corrupt, truncated, or not a plain "
-                              f"tensor checkpoint (only weights are loaded, never code) — {detail}"
-                              ) from exc
+    corrupt or truncated file, → ``CheckpointError`` with one line (``vgg.safeload``)."""
+    return load_weights_only(path, label=label)
 
 
 # ------------------------------------------------------------------------ writing a run
