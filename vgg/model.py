@@ -173,9 +173,17 @@ class VGG(nn.Module):
         """``classifier[0](flatten(avgpool(x)))`` computed as ``flatten(x) @ (W P)ᵀ + b``."""
         linear = self.classifier[0]
         channels, height, width = x.shape[1:]
-        pool = pool_matrix(height, width, dtype=linear.weight.dtype, device=linear.weight.device)
-        # (4096, 512, 49) @ (49, h·w) -> (4096, 512, h·w); gradients reach linear.weight via autograd.
-        weight = linear.weight.view(linear.out_features, channels, -1) @ pool
+        grouped = linear.weight.view(linear.out_features, channels, -1)  # (4096, 512, 49)
+        # Outside autocast: a bf16 copy of the whole 25088-wide weight costs more than folding it.
+        with torch.autocast(x.device.type, enabled=False):
+            if height * width == 1:
+                # 1×1 maps (32 px inputs): the pool copies the value into all 49 cells, P is all ones;
+                # a sum, whose backward broadcasts the gradient instead of multiplying by Pᵀ.
+                weight = grouped.sum(-1, keepdim=True)  # (4096, 512, 1)
+            else:
+                pool = pool_matrix(height, width, dtype=linear.weight.dtype, device=linear.weight.device)
+                weight = grouped @ pool  # (4096, 512, 49) @ (49, h·w) -> (4096, 512, h·w)
+        # Gradients reach linear.weight via autograd.
         return F.linear(torch.flatten(x, 1), weight.flatten(1), linear.bias)
 
 
