@@ -210,6 +210,45 @@ def test_frozen_features_are_computed_once_and_match_the_full_model(tiny_run, ti
     assert result.status == "done" and result.steps > 0
 
 
+def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_splits, monkeypatch):
+    """1×1 cached features: training delta (4096×512) instead of the 25088-wide weight gives the
+    same weights, up to rounding, as training the weight itself."""
+    store, first, _ = tiny_run
+    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze="features", augment=False, epochs=2,
+                      precision="fp32", lr=1e-3, batch_size=32)
+    states = {}
+    for compact in (True, False):
+        if not compact:
+            monkeypatch.setattr(train_mod, "uses_compact_head", lambda *a: False)
+        torch.manual_seed(0)  # dropout masks
+        prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std,
+                                 runs_root=store.root)
+        trainer = Trainer(cfg, tiny_splits, prepared)
+        assert isinstance(trainer.net, train_mod.CompactHead) is compact
+        weight = prepared.model.classifier[0].weight
+        assert all(p is not weight for g in trainer.optimizer.param_groups for p in g["params"]) is compact
+        before = weight.detach().clone()
+        for epoch in (1, 2):
+            trainer.train_epoch(epoch)
+        states[compact] = trainer.model_state()
+        assert not torch.equal(states[compact]["classifier.0.weight"], before)  # it did learn
+    for key, value in states[False].items():
+        # Adam divides by √v: where a gradient is ~0, rounding can move a few weights by up to ~lr/50.
+        diff = (states[True][key].float() - value.float()).abs()
+        assert diff.max() < 1e-4 and (diff > 1e-6).float().mean() < 1e-5, (key, diff.max())
+
+
+def test_the_best_epoch_is_kept_apart_from_the_live_weights(tiny_splits):
+    cfg = TrainConfig(data=TINY, epochs=1, batch_size=64, precision="fp32")
+    prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std)
+    trainer = Trainer(cfg, tiny_splits, prepared)  # no run folder: the best state stays in memory
+    trainer.fit()
+    best = trainer._best_weights()
+    live = prepared.model.state_dict()
+    assert best is not None and best.keys() == live.keys()
+    assert all(best[k].data_ptr() != live[k].data_ptr() for k in live if live[k].numel())
+
+
 def test_lr_range_test_uses_the_training_step_and_restores_weights(tiny_splits):
     cfg = TrainConfig(data=TINY, batch_size=32)
     seen = []
