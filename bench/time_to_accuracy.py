@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vgg.data import DataConfig, load_data  # noqa: E402
+from vgg.runs import RunStore  # noqa: E402
 from vgg.settings import data_dir  # noqa: E402
 from vgg.train import EpochEvent, TrainConfig, fit  # noqa: E402
 
@@ -59,7 +61,8 @@ def main() -> int:
             print(f"epoch {e.epoch}: train {e.train_accuracy:.3f}  val {e.val_accuracy:.3f}  "
                   f"({e.elapsed:.0f} s)", flush=True)
 
-    result = fit(cfg, splits=splits, on_event=on_event)
+    with tempfile.TemporaryDirectory() as runs:  # a run folder, as the app and the CLI write one
+        result = fit(cfg, store=RunStore(Path(runs)), splits=splits, on_event=on_event)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"steps {result.steps}, {result.images_per_second:.0f} img/s, {result.seconds:.0f} s, "
           f"best val {result.best_val_accuracy:.3f}")

@@ -524,10 +524,11 @@ class Diverged(Exception):
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                autocast_dtype: torch.dtype | None) -> tuple[float, int]:
     """One optimiser step; returns (loss, number of correct predictions)."""
+    # Gradients freed before the forward pass: they need not live beside its activations (the peak).
+    optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     correct = int((logits.detach().argmax(1) == y).sum())
