@@ -11,7 +11,6 @@ memory, and the test accuracy on its last line: ``test_accuracy 0.52``.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vgg.data import DataConfig, load_data  # noqa: E402
+from vgg.resources import peak_rss_bytes  # noqa: E402
 from vgg.runs import RunStore  # noqa: E402
 from vgg.settings import data_dir  # noqa: E402
 from vgg.train import EpochEvent, TrainConfig, fit  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as runs:  # a run folder, as the app and the CLI write one
         result = fit(cfg, store=RunStore(Path(runs)), splits=splits, on_event=on_event)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_bytes() / 2**20
     print(f"steps {result.steps}, {result.images_per_second:.0f} img/s, {result.seconds:.0f} s, "
           f"best val {result.best_val_accuracy:.3f}")
     print(f"peak_rss_mb {peak_mb:.0f}")

@@ -210,12 +210,17 @@ def test_frozen_features_are_computed_once_and_match_the_full_model(tiny_run, ti
     assert result.status == "done" and result.steps > 0
 
 
-def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_splits, monkeypatch):
-    """1×1 cached features: training delta (4096×512) instead of the 25088-wide weight gives the
-    same weights, up to rounding, as training the weight itself."""
+# Adam only with frozen features: a conv bias before batch norm has a true gradient of 0, so Adam
+# turns its rounding noise into ±lr steps in both runs alike, and the two can never agree there.
+@pytest.mark.parametrize(("freeze", "optimizer"), [("features", "sgd"), ("none", "sgd"), ("features", "adam")])
+def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_splits, monkeypatch, freeze,
+                                                              optimizer):
+    """1×1 feature maps (cached, or computed by trained features): training delta (4096×512) instead
+    of the 25088-wide weight gives the same weights, up to rounding, as training the weight itself."""
     store, first, _ = tiny_run
-    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze="features", augment=False, epochs=2,
-                      precision="fp32", lr=1e-3, batch_size=32)
+    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze=freeze, augment=False, epochs=2,
+                      precision="fp32", lr=1e-3, batch_size=32, optimizer=optimizer)
+    kind = train_mod.CompactHead if freeze == "features" else train_mod.CompactVGG
     states = {}
     for compact in (True, False):
         if not compact:
@@ -224,7 +229,7 @@ def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_spl
         prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std,
                                  runs_root=store.root)
         trainer = Trainer(cfg, tiny_splits, prepared)
-        assert isinstance(trainer.net, train_mod.CompactHead) is compact
+        assert isinstance(trainer.net, kind) is compact
         weight = prepared.model.classifier[0].weight
         assert all(p is not weight for g in trainer.optimizer.param_groups for p in g["params"]) is compact
         before = weight.detach().clone()
@@ -233,9 +238,11 @@ def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_spl
         states[compact] = trainer.model_state()
         assert not torch.equal(states[compact]["classifier.0.weight"], before)  # it did learn
     for key, value in states[False].items():
-        # Adam divides by √v: where a gradient is ~0, rounding can move a few weights by up to ~lr/50.
         diff = (states[True][key].float() - value.float()).abs()
-        assert diff.max() < 1e-4 and (diff > 1e-6).float().mean() < 1e-5, (key, diff.max())
+        if optimizer == "sgd":  # updates linear in the gradients: rounding stays rounding
+            assert diff.max() < 1e-5, (key, diff.max())
+        else:  # Adam divides by √v: where a gradient is ~0, rounding flips a few updates of size ≤ lr
+            assert (diff > 1e-6).float().mean() < 1e-3 and diff.max() < 10 * cfg.lr, (key, diff.max())
 
 
 def test_the_best_epoch_is_kept_apart_from_the_live_weights(tiny_splits):

@@ -12,14 +12,14 @@ The estimate (fp32 throughout; bf16 autocast only makes it pessimistic):
 - optimizer state: Adam keeps two moments per trainable parameter, SGD with momentum one;
 - activations: the layer table's ``activation_bytes`` (every layer output of one image) × batch
   × ``ACTIVATION_FACTOR``. Measured on the CPU for VGG11-BN (64–224 px, batch 8–32), the peak
-  of a training step beyond weights, gradients and optimizer state is usually 0.9–1.4 × the
-  table's figure (autograd keeps most outputs for the backward pass, in-place ReLUs share theirs,
-  the backward pass's own buffers are short-lived). But the same step (96 px, batch 16) peaked
-  at 2.4 GB on one run and at 3.2 and 3.5 GB on others on this kind of machine, that is up to
-  5 × the table's activations on top of the fixed state: glibc keeps freed blocks in the worker
-  threads' arenas, so what the process holds depends on the threads' timing. The factor 5 covers
-  that, plus what the table does not see (oneDNN / cuDNN workspaces, the float copies of the
-  batch made by augmentation and upsampling). With frozen features, no activation of the
+  of a training step beyond weights, gradients and optimizer state is 0.9–1.4 × the table's
+  figure (autograd keeps most outputs for the backward pass, in-place ReLUs share theirs, the
+  backward pass's own buffers are short-lived). The factor 2 is a margin for what the table
+  does not see: the allocator's caching and fragmentation, oneDNN / cuDNN workspaces and the
+  float copies of the batch made by augmentation and upsampling. (Peaks are read from the
+  process's own ``VmHWM``: ``getrusage``'s ``ru_maxrss`` keeps the parent's peak across
+  ``fork`` + ``exec``, which once made a step launched from a 4 GB test process look 2 GB larger.)
+  With frozen features, no activation of the
   feature extractor is kept for a backward pass; only the largest layer transition (its input
   and output) is live at once.
 """
@@ -39,7 +39,7 @@ import torch
 from vgg.errors import ConfigError, VGGError
 from vgg.summary import BYTES_PER_VALUE, layer_table
 
-ACTIVATION_FACTOR = 5.0  # × the layer table's activations: see the module docstring
+ACTIVATION_FACTOR = 2.0  # × the layer table's activations: see the module docstring
 USABLE_FRACTION = 0.85  # a run may plan on this share of the free memory, no more
 OPTIMIZER_STATES = {"adam": 2, "sgd": 1}  # fp32 tensors per trainable parameter (SGD: momentum)
 FREEZE_MODES = ("none", "features", "all_but_last")
@@ -210,14 +210,29 @@ def check_config_memory(cfg: Any, num_classes: int, device: torch.device | str,
 
 
 def peak_rss_bytes() -> int:
-    """The largest resident set this process has had so far, in bytes (``getrusage``).
+    """The largest resident set this process has had so far, in bytes.
 
-    The kernel updates its high-water mark lazily, so it can trail the current size by a few
-    pages; the current size is a lower bound of the peak and is taken where it is larger.
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process's own memory.
+    ``getrusage``'s ``ru_maxrss`` (the fallback elsewhere) survives ``exec``: a process started by
+    a large one reports the parent's peak. The current size is a lower bound and is taken where
+    it is larger (the kernel updates its mark lazily).
     """
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
+    peak = _status_bytes("VmHWM")
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
     return int(max(peak, rss_bytes()))
+
+
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def rss_bytes(pid: int | None = None) -> int:

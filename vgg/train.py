@@ -454,10 +454,32 @@ class CompactHead(HeadOnly):
         self.delta.zero_()
 
 
+class CompactVGG(CompactHead):
+    """The whole VGG (features trained too) with ``CompactHead``'s first Linear, for inputs whose
+    feature maps are 1×1 (32–63 px): the same training, without a 25088-wide gradient per step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_with_hidden(self.vgg.features(x))[0]
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_with_hidden(self.vgg.features(x))
+
+
 def uses_compact_head(cfg: TrainConfig, model: nn.Module, feature_shape: tuple[int, ...]) -> bool:
     """The conditions under which ``CompactHead`` trains exactly what ``HeadOnly`` would."""
     return (tuple(feature_shape[-2:]) == (1, 1) and getattr(model, "fold_pool", False)
             and cfg.weight_decay == 0.0)
+
+
+def use_delta(optimizer: torch.optim.Optimizer, net: CompactHead) -> None:
+    """Put ``net.delta`` in the place of the first Linear's weight in ``optimizer``'s groups.
+
+    Only before the first step: the optimizer must not hold state for the weight yet."""
+    weight = net.vgg.classifier[0].weight
+    if weight in optimizer.state:
+        raise RuntimeError("use_delta needs an optimizer that has not stepped yet")
+    for group in optimizer.param_groups:
+        group["params"] = [net.delta if p is weight else p for p in group["params"]]
 
 
 @dataclass(frozen=True)
@@ -595,8 +617,11 @@ class Trainer:
         self.pipeline: Any = BatchPipeline(prepared.mean, prepared.std, prepared.device,
                                            cfg.model_input_size, cfg.augment)
         self.net: nn.Module = self.model  # what the steps run: the whole model, or its head
+        side = cfg.model_input_size // 32  # five 2×2 max-pools
         if uses_feature_cache(cfg) and self._feature_bytes() <= FEATURE_CACHE_LIMIT_BYTES:
             self._cache_features()
+        elif uses_compact_head(cfg, self.model, (side, side)):
+            self._use_compact(CompactVGG(self.model))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.steps_per_epoch = max(1, math.ceil(len(splits.train) / cfg.batch_size))
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -625,13 +650,14 @@ class Trainer:
         self.splits = replace(self.splits, **parts)
         self.pipeline = FeaturePipeline(self.p.device)
         if uses_compact_head(self.cfg, self.model, tuple(parts["train"].images.shape)):
-            head = CompactHead(self.model)
-            weight = self.model.classifier[0].weight
-            for group in self.optimizer.param_groups:  # no step taken yet: the optimizer has no state
-                group["params"] = [head.delta if p is weight else p for p in group["params"]]
-            self.net = head
+            self._use_compact(CompactHead(self.model))
         else:
             self.net = HeadOnly(self.model)
+
+    def _use_compact(self, net: CompactHead) -> None:
+        """Run the steps through ``net`` (see ``CompactHead``)."""
+        use_delta(self.optimizer, net)
+        self.net = net
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The model's state dict (torchvision's names) on the CPU, with any compact update written in."""
@@ -890,9 +916,19 @@ def find_lr_for(cfg: TrainConfig, lr_cfg: Any, *, splits: DataSplits | None = No
         for _, images, labels in iterate_batches(splits.train, cfg.batch_size, shuffle=True, generator=generator):
             yield pipeline(images, generator), labels.to(prepared.device)
 
+    net: nn.Module = prepared.model
+    side = cfg.model_input_size // 32  # five 2×2 max-pools
+    if uses_compact_head(cfg, prepared.model, (side, side)):
+        net = CompactVGG(prepared.model)  # the same steps as the training's (see CompactHead)
+        use_delta(optimizer, net)
+
     def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-        return train_step(model, optimizer, x, y, prepared.autocast_dtype)[0]
+        return train_step(net, optimizer, x, y, prepared.autocast_dtype)[0]
 
     on_event(StatusEvent("running the LR range test"))
-    return find_lr(prepared.model, optimizer, batches, lr_cfg, step_fn=step_fn, on_step=on_step,
-                   cancel=cancel, device=prepared.device)
+    try:
+        return find_lr(prepared.model, optimizer, batches, lr_cfg, step_fn=step_fn, on_step=on_step,
+                       cancel=cancel, device=prepared.device)
+    finally:
+        if isinstance(net, CompactHead):
+            net.reload_()  # the model's own weights were restored; drop the test's updates to delta
