@@ -3,8 +3,10 @@
 The notebook's loop: torchvision ``ImageFolder`` with per-image PIL transforms (Resize,
 RandomRotation(5), RandomHorizontalFlip, RandomCrop with padding, ToTensor, Normalize), a
 ``DataLoader`` with batch 128, fp32, NCHW, ``torch.optim.Adam`` with the two parameter groups.
-The engine: uint8 tensors decoded once, batched augmentation, channels_last, fused Adam and the
-adaptive pool folded into the first classifier layer (see ``vgg/model.py``).
+The engine: uint8 tensors decoded once, batched augmentation, channels_last, fused Adam, bf16
+autocast where the CPU has bf16 units, the adaptive pool folded into the first classifier layer
+and, on 1×1 feature maps, that layer trained through its compact update (``vgg.train.CompactHead``),
+exactly as ``vgg.train.Trainer`` steps.
 
 Both train VGG11-BN at 32×32 on the same images, one step of each in turn, so that the machine's
 noise hits both alike. The last line is the ratio of the medians: ``ratio 5.21``.
@@ -28,7 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vgg.data import DataConfig, load_data  # noqa: E402
 from vgg.settings import data_dir  # noqa: E402
 from vgg.model import build_vgg, param_groups  # noqa: E402
-from vgg.train import BatchPipeline, iterate_batches, make_optimizer, train_step, TrainConfig, choose_precision  # noqa: E402
+from vgg.train import (  # noqa: E402
+    BatchPipeline,
+    CompactVGG,
+    TrainConfig,
+    choose_precision,
+    iterate_batches,
+    make_optimizer,
+    train_step,
+    use_delta,
+    uses_compact_head,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
@@ -104,6 +116,11 @@ def main() -> int:
     en_model = build_vgg("A", batch_norm=True, num_classes=len(splits.classes))
     en_model.to(memory_format=torch.channels_last)
     en_opt = make_optimizer(en_model, cfg)
+    en_net = en_model  # what the Trainer steps: at 32 px the whole model with the compact first Linear
+    side = args.size // 32
+    if uses_compact_head(cfg, en_model, (side, side)):
+        en_net = CompactVGG(en_model)
+        use_delta(en_opt, en_net)
     dtype = choose_precision(args.precision, torch.device("cpu"))
     pipe = BatchPipeline(mean, std, torch.device("cpu"), args.size, augment=True)
     en_iter = engine_batches(splits, args.batch_size, pipe, torch.Generator().manual_seed(0))
@@ -122,11 +139,11 @@ def main() -> int:
     def en_step() -> float:
         t = time.perf_counter()
         x, y = next(en_iter)
-        train_step(en_model, en_opt, x, y, dtype)
+        train_step(en_net, en_opt, x, y, dtype)
         return args.batch_size / (time.perf_counter() - t)
 
     nb_model.train()
-    en_model.train()
+    en_net.train()
     for _ in range(args.warmup):
         nb_step()
         en_step()
