@@ -32,14 +32,12 @@ from vgg.settings import data_dir  # noqa: E402
 from vgg.model import build_vgg, param_groups  # noqa: E402
 from vgg.train import (  # noqa: E402
     BatchPipeline,
-    CompactVGG,
     TrainConfig,
     choose_precision,
     iterate_batches,
     make_optimizer,
     train_step,
-    use_delta,
-    uses_compact_head,
+    training_net,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -112,15 +110,11 @@ def main() -> int:
                                       cache_dir=data_dir() / ".cache"))
     else:
         splits = load_data(DataConfig(source="synthetic", input_size=args.size))
-    cfg = TrainConfig(lr=5e-4, precision=args.precision, device="cpu")
+    cfg = TrainConfig(lr=5e-4, precision=args.precision, device="cpu", input_size=args.size)
     en_model = build_vgg("A", batch_norm=True, num_classes=len(splits.classes))
     en_model.to(memory_format=torch.channels_last)
     en_opt = make_optimizer(en_model, cfg)
-    en_net = en_model  # what the Trainer steps: at 32 px the whole model with the compact first Linear
-    side = args.size // 32
-    if uses_compact_head(cfg, en_model, (side, side)):
-        en_net = CompactVGG(en_model)
-        use_delta(en_opt, en_net)
+    en_net = training_net(cfg, en_model, en_opt)  # what the Trainer steps (the compact first Linear at 32 px)
     dtype = choose_precision(args.precision, torch.device("cpu"))
     pipe = BatchPipeline(mean, std, torch.device("cpu"), args.size, augment=True)
     en_iter = engine_batches(splits, args.batch_size, pipe, torch.Generator().manual_seed(0))

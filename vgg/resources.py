@@ -19,9 +19,8 @@ The estimate (fp32 throughout; bf16 autocast only makes it pessimistic):
   float copies of the batch made by augmentation and upsampling. (Peaks are read from the
   process's own ``VmHWM``: ``getrusage``'s ``ru_maxrss`` keeps the parent's peak across
   ``fork`` + ``exec``, which once made a step launched from a 4 GB test process look 2 GB larger.)
-  With frozen features, no activation of the
-  feature extractor is kept for a backward pass; only the largest layer transition (its input
-  and output) is live at once.
+  With frozen features, no activation of the feature extractor is kept for a backward pass;
+  only the largest layer transition (its input and output) is live at once.
 """
 
 from __future__ import annotations

@@ -482,6 +482,17 @@ def use_delta(optimizer: torch.optim.Optimizer, net: CompactHead) -> None:
         group["params"] = [net.delta if p is weight else p for p in group["params"]]
 
 
+def training_net(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+    """What the training steps of ``model`` run: ``CompactVGG`` (its ``delta`` put into ``optimizer``)
+    where the feature maps are 1×1 and that trains exactly the same, else ``model`` itself."""
+    side = cfg.model_input_size // 32  # five 2×2 max-pools
+    if not uses_compact_head(cfg, model, (side, side)):
+        return model
+    net = CompactVGG(model)
+    use_delta(optimizer, net)
+    return net
+
+
 @dataclass(frozen=True)
 class FeatureData:
     """Cached feature maps standing in for a split's images: ``images`` (N, 512, h, w) float32."""
@@ -617,11 +628,10 @@ class Trainer:
         self.pipeline: Any = BatchPipeline(prepared.mean, prepared.std, prepared.device,
                                            cfg.model_input_size, cfg.augment)
         self.net: nn.Module = self.model  # what the steps run: the whole model, or its head
-        side = cfg.model_input_size // 32  # five 2×2 max-pools
         if uses_feature_cache(cfg) and self._feature_bytes() <= FEATURE_CACHE_LIMIT_BYTES:
             self._cache_features()
-        elif uses_compact_head(cfg, self.model, (side, side)):
-            self._use_compact(CompactVGG(self.model))
+        else:
+            self.net = training_net(cfg, self.model, self.optimizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.steps_per_epoch = max(1, math.ceil(len(splits.train) / cfg.batch_size))
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -650,14 +660,10 @@ class Trainer:
         self.splits = replace(self.splits, **parts)
         self.pipeline = FeaturePipeline(self.p.device)
         if uses_compact_head(self.cfg, self.model, tuple(parts["train"].images.shape)):
-            self._use_compact(CompactHead(self.model))
+            self.net = CompactHead(self.model)
+            use_delta(self.optimizer, self.net)
         else:
             self.net = HeadOnly(self.model)
-
-    def _use_compact(self, net: CompactHead) -> None:
-        """Run the steps through ``net`` (see ``CompactHead``)."""
-        use_delta(self.optimizer, net)
-        self.net = net
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The model's state dict (torchvision's names) on the CPU, with any compact update written in."""
@@ -916,11 +922,7 @@ def find_lr_for(cfg: TrainConfig, lr_cfg: Any, *, splits: DataSplits | None = No
         for _, images, labels in iterate_batches(splits.train, cfg.batch_size, shuffle=True, generator=generator):
             yield pipeline(images, generator), labels.to(prepared.device)
 
-    net: nn.Module = prepared.model
-    side = cfg.model_input_size // 32  # five 2×2 max-pools
-    if uses_compact_head(cfg, prepared.model, (side, side)):
-        net = CompactVGG(prepared.model)  # the same steps as the training's (see CompactHead)
-        use_delta(optimizer, net)
+    net = training_net(cfg, prepared.model, optimizer)  # the same steps as the training's
 
     def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return train_step(net, optimizer, x, y, prepared.autocast_dtype)[0]
