@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import streamlit as st
+from vgg.allocator import tune_allocator
 
-from ui.sidebar import sidebar_jobs
-from vgg.errors import VGGError
-from vgg.settings import default_device, device_description
+tune_allocator()  # before torch allocates: training steps reuse their big buffers (vgg/allocator.py)
+
+import streamlit as st  # noqa: E402
+
+from ui.sidebar import sidebar_jobs  # noqa: E402
+from vgg.errors import VGGError  # noqa: E402
+from vgg.settings import default_device, device_description  # noqa: E402
 
 PAGES_DIR = Path(__file__).parent / "pages"
 

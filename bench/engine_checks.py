@@ -28,6 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vgg.allocator import tune_allocator  # noqa: E402
+
+tune_allocator()  # as the app and the CLI do, before torch allocates
+
 from vgg.data import DataConfig, load_data  # noqa: E402
 from vgg.lr_finder import LRFinderConfig  # noqa: E402
 from vgg.model import build_vgg  # noqa: E402

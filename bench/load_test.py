@@ -48,6 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ui.common import watcher_interval  # noqa: E402  (the pace of a watcher's live view)
 from vgg.resources import cpu_seconds, rss_bytes  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -58,7 +59,6 @@ APP_IDLE = ('[data-testid="stApp"][data-test-connection-state="CONNECTED"]'
 EXCEPTION = '[data-testid="stException"]'
 ERROR_ALERT = '[data-testid="stAlertContentError"]'
 SIDEBAR = '[data-testid="stSidebar"]'
-WATCHER_INTERVAL_S = 3.0  # ui/common.py: how often a session that did not start the job polls
 PHASE_S = 120.0  # upper bound of each phase
 OTHER_PAGES = ("", "data", "lr_finder", "compare", "evaluate", "classify")  # "" is the Architecture page
 
@@ -150,8 +150,8 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
-def descendants_cpu(root: int) -> float:
-    """CPU seconds of every process below ``root`` (here: the Chromium that playwright started)."""
+def descendants(root: int, exclude: int | None = None) -> set[int]:
+    """Every process below ``root``, leaving out ``exclude`` and the processes below it."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -162,10 +162,43 @@ def descendants_cpu(root: int) -> float:
                 continue
     below, frontier = set(), {root}
     while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid != exclude} - below
         below |= frontier
+    return below
+
+
+def _autogroup(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def lower_priority(pids: set[int], nice: int, group_nice: int, server_pid: int) -> None:
+    """Nice ``pids`` (processes they fork later inherit it). With the kernel's autogroups, nice only
+    ranks processes within one session, and Chromium runs in a session of its own: ``group_nice``
+    (when not 0) nices that session's autogroup too (never the server's). At 19 the browser gets so
+    little CPU beside a training that pages take minutes to render."""
+    server_group = _autogroup(server_pid)
+    groups_done: set[str] = set()
+    for pid in pids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except OSError:
+            pass
+        group = _autogroup(pid) if group_nice else ""
+        if group and group != server_group and group not in groups_done:
+            try:
+                Path(f"/proc/{pid}/autogroup").write_text(str(group_nice))
+                groups_done.add(group)
+            except OSError:
+                pass
+
+
+def browser_cpu(server: Server) -> float:
+    """CPU seconds of the browser side: every process this script started except the server."""
     total = 0.0
-    for pid in below:
+    for pid in descendants(os.getpid(), exclude=server.pid):
         try:
             total += cpu_seconds(pid)
         except (OSError, ValueError, IndexError):
@@ -369,6 +402,12 @@ async def thirty_clicks(pages: list[Any], server: Server, res: Results) -> None:
     page = ready[0]
     await page.goto(server.url, wait_until="commit")
     await wait_idle(page)
+    try:  # the job list is a fragment of its own: it can land after the page's script finished
+        await page.wait_for_function(
+            "s => (document.querySelector(s) || {innerText: ''}).innerText.includes('queued')",
+            arg=SIDEBAR, timeout=PHASE_S * 1000)
+    except Exception as error:
+        res.notes.append(f"the sidebar showed no job list: {str(error).splitlines()[0]}")
     sidebar = await page.locator(SIDEBAR).inner_text()
     match = re.search(r"Jobs:\s*(\d+) running, (\d+) queued", sidebar)
     if match:
@@ -391,6 +430,9 @@ async def main_async(args: argparse.Namespace, res: Results) -> None:
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            if args.browser_nice:  # the pupils' browsers run on their own computers, not the server
+                lower_priority(descendants(os.getpid(), exclude=server.pid), args.browser_nice,
+                               args.browser_group_nice, server.pid)
             try:
                 await asyncio.wait_for(start_training(browser, server, args.epochs, args.batch_size), PHASE_S)
                 runs = base / "runs"
@@ -411,10 +453,10 @@ async def main_async(args: argparse.Namespace, res: Results) -> None:
                 opened = await open_watchers(browser, server, args.contexts, args.wave, res)
                 pages = [p for _, p in opened if p is not None]
                 await asyncio.gather(*(page.evaluate(COUNT_RUNS) for page in pages), return_exceptions=True)
-                chromium0 = descendants_cpu(os.getpid())
+                chromium0 = browser_cpu(server)
                 log(f"watched window of {args.window:.0f} s with {len(pages)} sessions")
                 res.watched = await asyncio.to_thread(measure_window, server, metrics, args.window)
-                res.chromium_cpu = descendants_cpu(os.getpid()) - chromium0
+                res.chromium_cpu = browser_cpu(server) - chromium0
                 runs_per_page = await asyncio.gather(
                     *(page.evaluate("() => window.__runs || 0") for page in pages), return_exceptions=True)
                 res.reruns_counted = sum(r for r in runs_per_page if isinstance(r, int))
@@ -454,7 +496,8 @@ def summary(res: Results, args: argparse.Namespace) -> str:
     b, w = res.baseline, res.watched
     lines = ["", "=" * 30 + " load test summary " + "=" * 30,
              f"machine: {os.cpu_count()} CPUs, load average at start {res.load_before}; "
-             f"server and Chromium on the same machine"]
+             f"server and Chromium on the same machine, Chromium at nice {args.browser_nice} "
+             f"(its autogroup at {args.browser_group_nice})"]
     if args.option:
         lines.append(f"server options: {' '.join(args.option)}")
     lines.append(f"sessions: {res.contexts} contexts requested (waves of {args.wave}); "
@@ -476,19 +519,21 @@ def summary(res: Results, args: argparse.Namespace) -> str:
         lines.append(f"training, {len(res.renders)} watching: median {w.median_ips:.1f} img/s per step "
                      f"({w.steps} steps), {w.effective_ips:.1f} img/s overall")
         lines.append(f"throughput drop: {drop:.1%} per step, {overall:.1%} overall (target <= 15 %)")
-        estimate = len(res.renders) * w.seconds / WATCHER_INTERVAL_S
+        pace = watcher_interval(len(res.renders))
+        estimate = len(res.renders) * w.seconds / pace
         counted = res.reruns_counted
         lines.append(f"script runs during the window: {counted} started, counted in the tabs; the "
-                     f"{WATCHER_INTERVAL_S:g} s watcher interval predicts {estimate:.0f} "
-                     f"(sessions x window / {WATCHER_INTERVAL_S:g} s)")
+                     f"watchers' pace of {pace:g} s predicts {estimate:.0f} live-view reruns "
+                     f"(sessions x window / {pace:g} s)")
         per_counted = res.ui_cpu / counted if counted else float("nan")
         per_expected = res.ui_cpu / estimate if estimate else float("nan")
         lines.append(f"server CPU for the sessions: {res.ui_cpu:.1f} s in {w.seconds:.0f} s "
                      f"(total {w.server_cpu:.1f} s minus the training threads) = "
                      f"{per_counted * 1000:.0f} ms per counted run, {per_expected * 1000:.0f} ms per "
                      "timer-driven rerun")
-        lines.append(f"Chromium CPU in the same window: {res.chromium_cpu:.1f} s (competes with the training "
-                     "on this machine; in a classroom it runs on the pupils' computers)")
+        lines.append(f"Chromium CPU in the same window: {res.chromium_cpu:.1f} s, at nice {args.browser_nice} "
+                     "(it competes with the training on this machine; in a classroom it runs on the "
+                     "pupils' computers)")
     lines.append(f"sessions showing an exception element: {res.exceptions}; error alerts: {res.error_alerts}")
     if res.clicks:
         lines.append(f"Start clicks: {res.clicks} at once -> running {res.running}, queued {res.queued}, "
@@ -515,6 +560,10 @@ def main() -> int:
                         help="the server's queue limit, VGG_MAX_QUEUE (default 20, as the app)")
     parser.add_argument("--option", action="append", default=[], metavar="SECTION.NAME=VALUE",
                         help="a Streamlit option for the server, e.g. runner.postScriptGC=false (repeatable)")
+    parser.add_argument("--browser-nice", type=int, default=19,
+                        help="niceness of Chromium and playwright's driver (default 19; 0 = as the server)")
+    parser.add_argument("--browser-group-nice", type=int, default=0,
+                        help="niceness of Chromium's autogroup (default 0: left alone)")
     parser.add_argument("--total", type=float, default=600.0, help="time budget of the whole script in s")
     parser.add_argument("--keep", action="store_true", help="keep the server's temporary dirs and log")
     args = parser.parse_args()

@@ -18,6 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vgg.allocator import tune_allocator  # noqa: E402
+
+tune_allocator()  # as the app and the CLI do, before torch allocates
+
 from vgg.data import DataConfig, load_data  # noqa: E402
 from vgg.resources import peak_rss_bytes  # noqa: E402
 from vgg.runs import RunStore  # noqa: E402

@@ -10,9 +10,9 @@ import streamlit as st
 
 from ui.common import (
     current_data, data_label, data_registry, job_manager, poll_interval, rerun_when_finished, run_store,
-    session_id, show_error,
+    session_id, show_error, watcher_pace,
 )
-from ui.live import cached, job_header
+from ui.live import job_header, shared
 from vgg import compare
 from vgg.data import CIFAR10_CLASSES
 from vgg.errors import VGGError
@@ -62,7 +62,7 @@ def compare_runs(runs: list[RunInfo]) -> None:
     smoothing = right.slider("Smoothing of the training loss", 0.0, 0.99, 0.8, key="compare_smoothing")
     running = any(not by_id[r].finished for r in chosen)
 
-    @st.fragment(run_every=3.0 if running else None)  # curves of running runs grow
+    @st.fragment(run_every=watcher_pace() if running else None)  # curves of running runs grow
     def curves() -> None:
         metrics = {run: run_store().metrics(run) for run in chosen}
         x_title = compare.X_AXES[x]
@@ -143,7 +143,7 @@ def race_view() -> None:
     if not snaps:
         return
 
-    @st.fragment(run_every=poll_interval(snaps))
+    @st.fragment(run_every=poll_interval(snaps, "race"))
     def live() -> None:
         jobs = race_jobs()
         rerun_when_finished("race", [snap for _, snap in jobs])
@@ -167,7 +167,7 @@ def race_view() -> None:
             return figures.race_figure([(snap.title.removeprefix("Race · "), role,
                                          *compare.race_curves(snap.history)) for role, snap in racing])
 
-        st.plotly_chart(cached("race_figure", stamp, figure), key="race_chart")
+        st.plotly_chart(shared("race_figure", stamp, figure), key="race_chart")
         run_ids = [getattr(snap.result, "run_id", None) for _, snap in racing if snap.finished]
         if len(run_ids) == 2 and all(run_ids):
             st.button("Overlay these two runs above", icon=":material/stacked_line_chart:",

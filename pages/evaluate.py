@@ -48,6 +48,10 @@ def load_predictions(run_id: str, _mtime: float) -> dict[str, Any]:
     return {
         "labels": np.asarray(p["labels"], dtype=np.int64),
         "probs": p["probabilities"].float().numpy(),
+        # the predicted classes as the run counted them (argmax of float32 probabilities); files
+        # written before they were stored: argmax of the float16 ones, where near-ties can differ
+        "preds": (np.asarray(p["predicted"], dtype=np.int64) if p.get("predicted") is not None
+                  else p["probabilities"].float().numpy().argmax(1)),
         "hidden": hidden.float().numpy() if hidden is not None else None,
         "classes": list(p["classes"]),
         "loss": p.get("loss"),
@@ -340,7 +344,7 @@ except (VGGError, KeyError, AttributeError) as e:
     show_error(e if isinstance(e, VGGError) else f"predictions.pt of {info.run_id} is malformed: {e}")
     st.stop()
 labels, probs, classes = p["labels"], p["probs"], p["classes"]
-preds = probs.argmax(1)
+preds = p["preds"]
 accuracy = float((preds == labels).mean()) if len(labels) else float("nan")
 loss = next((v for v in (info.summary.get("test_loss"), p["loss"]) if isinstance(v, (int, float))), None)
 cols = st.columns(4)

@@ -98,7 +98,7 @@ def curve_figure(snap: JobSnapshot) -> go.Figure:
 
 
 def live_view(first: JobSnapshot) -> None:
-    @st.fragment(run_every=poll_interval([first]))
+    @st.fragment(run_every=poll_interval([first], "lr_finder"))
     def live() -> None:
         try:
             snap = job_manager().snapshot(first.id)
@@ -108,7 +108,8 @@ def live_view(first: JobSnapshot) -> None:
         job_header(snap, stop_key="lrf-stop")
         for other in others_active("lr_find", snap.id):
             st.caption(f"Also queued or running for someone else: {other.title} ({other.progress:.0%}).")
-        st.plotly_chart(cached_figure("lr_finder", snap, lambda: curve_figure(snap)), key="lrf-chart")
+        st.plotly_chart(cached_figure("lr_finder", snap, lambda: curve_figure(snap),
+                                      job_config(JOB, snap.id)), key="lrf-chart")
 
     live()
 

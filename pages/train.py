@@ -69,12 +69,13 @@ def lesson(name: str) -> None:
 
 
 def lr_default() -> None:
-    """The lr field starts at 1e-3; a rate picked on the LR finder page replaces it (once per pick)."""
+    """The lr field starts at TrainConfig's default; a rate picked on the LR finder page replaces it
+    (once per pick)."""
     chosen = st.session_state.get("chosen_lr")
     if chosen is not None and st.session_state.get("_train_lr_from") != chosen:
         st.session_state["train-lr"] = float(chosen)
         st.session_state["_train_lr_from"] = chosen
-    st.session_state.setdefault("train-lr", 1e-3)
+    st.session_state.setdefault("train-lr", TrainConfig.lr)
 
 
 def settings_ui() -> tuple[TrainConfig | None, bool]:
@@ -226,7 +227,7 @@ def prediction_images(snap: JobSnapshot, event: EpochEvent) -> tuple[list[bytes]
 
 
 def live_view(first: JobSnapshot) -> None:
-    @st.fragment(run_every=poll_interval([first]))
+    @st.fragment(run_every=poll_interval([first], "train"))
     def live() -> None:
         try:
             snap = job_manager().snapshot(first.id)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -76,7 +77,19 @@ def goto_page(page: Page, base_url: str, title: str, timeout_ms: float = 60_000)
         open_app(page, base_url, timeout_ms)
     link = page.locator(NAV_LINK).filter(has=page.get_by_text(title, exact=True))
     expect(link).to_have_count(1)
-    run_and_wait(page, link.click, timeout_ms)
+    # A click that lands while a fragment reruns can start no rerun of its own (seen on a loaded
+    # machine): a try that causes none within a few seconds is repeated, as set_number does.
+    current = page.locator(f'{NAV_LINK}[aria-current="page"]')
+    for attempt in range(3):
+        try:
+            run_and_wait(page, link.click, 10_000 if attempt < 2 else timeout_ms)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+            if any(re.search(rf"{re.escape(title)}$", t) for t in current.all_inner_texts()):  # opened, unseen
+                wait_for_app(page, timeout_ms)
+                break
     expect(page.locator(f'{NAV_LINK}[aria-current="page"]')).to_have_text(re.compile(rf"{re.escape(title)}$"))
 
 

@@ -110,7 +110,7 @@ def clean_jobs(page: Page, streamlit_server: str) -> Iterator[None]:
 def test_lr_range_test_grows_live_then_suggests(page: Page, streamlit_server: str, clean_jobs: None) -> None:
     goto_page(page, streamlit_server, "LR finder")
     page.get_by_text("Range test settings").click()
-    set_number(page, "num_iter", 12)
+    set_number(page, "num_iter", 40)  # long enough to watch it grow (a step takes ~0.1 s)
     set_number(page, "Batch size", 8)
     click_button(page, "Start the range test")
     wait_for_plotly(page)

@@ -371,3 +371,10 @@ def test_jsonable_makes_strict_json() -> None:
                           "e": float("inf")})
     assert value == {"a": None, "b": 3, "c": 0.5, "d": [1, "/x"], "e": None}
     json.dumps(value, allow_nan=False)
+
+
+def test_the_cli_default_lr_is_the_engine_default() -> None:
+    from vgg import cli
+    from vgg.train import TrainConfig
+
+    assert cli.DEFAULT_LR == TrainConfig.lr

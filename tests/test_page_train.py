@@ -61,7 +61,7 @@ def small_run(at: AppTest, *, images: int, epochs: int) -> None:
 
 
 def test_defaults_are_cpu_friendly_with_a_cost_estimate(at: AppTest) -> None:
-    at.session_state["chosen_lr"] = 3e-4  # picked on the LR finder page
+    at.session_state["chosen_lr"] = 5e-4  # picked on the LR finder page (the default is 3e-4)
     at.run()
     assert not at.exception and not texts(at, "error")
     assert at.selectbox(key="train-config").value == "A" and at.toggle(key="train-bn").value is True
@@ -70,7 +70,7 @@ def test_defaults_are_cpu_friendly_with_a_cost_estimate(at: AppTest) -> None:
             "train-seed")
     values = {k: at.number_input(key=k).value for k in keys}
     assert values == {"train-ipc": 500, "train-size": 32, "train-epochs": 2, "train-batch": 128,
-                      "train-lr": 3e-4, "train-ratio-scratch": 1.0, "train-seed": 0}
+                      "train-lr": 5e-4, "train-ratio-scratch": 1.0, "train-seed": 0}
     assert at.selectbox(key="train-optimizer").value == "adam"
     assert at.selectbox(key="train-schedule").value == "onecycle"
     assert at.selectbox(key="train-freeze").disabled
@@ -156,3 +156,21 @@ def test_step_and_epoch_figures_hold_the_data() -> None:
     assert list(fig.data[-1].y) == [1e-4, 5e-4, 1e-3]  # the learning rate panel
     fig = epoch_curves_figure([1, 2], [2.0, 1.5], [2.1, 1.8], [0.3, 0.5], [0.25, 0.4])
     assert [t.name for t in fig.data] == ["training", "validation", "training", "validation"]
+
+
+def test_a_long_run_is_drawn_from_a_few_hundred_points_with_the_ema_of_all() -> None:
+    from vgg.figures.training import MAX_CURVE_POINTS, ema, step_curves_figure, thin
+
+    assert thin(5) == [0, 1, 2, 3, 4]
+    kept = thin(10_000)
+    assert len(kept) <= MAX_CURVE_POINTS and kept[0] == 0 and kept[-1] == 9_999 and kept == sorted(kept)
+    n = 10_000
+    losses = [2.3 * 0.9997 ** i + (0.3 if i % 2 else -0.3) for i in range(n)]
+    fig = step_curves_figure(list(range(1, n + 1)), losses, [0.5] * n, [1e-3] * n, smoothing=0.9,
+                             epoch_starts=[2_501, 5_001, 7_501])
+    smooth = next(t for t in fig.data if t.name == "loss (smoothed)")
+    assert len(smooth.x) == len(kept) and list(smooth.x)[-1] == n
+    assert list(smooth.y)[-1] == pytest.approx(ema(losses, 0.9)[-1])  # smoothed over every step
+    epochs = [t for t in fig.data if t.name == "new epoch"]
+    assert len(epochs) == 3 and not fig.layout.shapes  # one trace per panel, no per-line shapes
+    assert [x for x in epochs[0].x if x is not None] == [2_501, 2_501, 5_001, 5_001, 7_501, 7_501]

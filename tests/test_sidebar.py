@@ -90,3 +90,46 @@ def test_own_jobs_are_marked_as_yours(manager) -> None:
     assert started.wait(10)
     at.run()
     assert "**My training** · *yours*" in sidebar_text(at)
+
+
+# -- the pace of live views: the more sessions poll, the slower a watcher's timer -------------------
+
+
+def test_pollers_count_recent_sessions_and_forget_silent_ones() -> None:
+    from ui.common import POLLER_MEMORY_S, Pollers
+
+    pollers = Pollers()
+    assert pollers.touch("a", now=100.0) == 1
+    assert pollers.touch("b", now=101.0) == 2
+    assert pollers.touch("a", now=102.0) == 2  # the same session twice is one
+    assert pollers.touch("c", now=102.0 + POLLER_MEMORY_S + 1) == 1  # a and b went quiet
+
+
+def test_watcher_interval_grows_with_the_class_within_bounds() -> None:
+    from ui.common import MAX_WATCHER_INTERVAL_S, WATCHER_INTERVAL_S, WATCHER_RERUNS_PER_S, watcher_interval
+
+    assert watcher_interval(1) == WATCHER_INTERVAL_S
+    assert watcher_interval(30) == pytest.approx(min(MAX_WATCHER_INTERVAL_S, 30 / WATCHER_RERUNS_PER_S))
+    assert watcher_interval(1000) == MAX_WATCHER_INTERVAL_S
+    paces = [watcher_interval(n) for n in range(1, 60)]
+    assert paces == sorted(paces)
+
+
+def test_a_watchers_timer_slows_down_when_the_class_arrives(manager, monkeypatch) -> None:
+    """A session's sidebar registered its timer at 3 s; 30 sessions start polling: its next
+    poll reruns the whole app once, to register the timer at the slower pace."""
+    import ui.common as common
+
+    started = threading.Event()
+    manager.submit("train", "Someone's training", blocking_job(started), owner="someone-else")
+    assert started.wait(10)
+    counts = iter([1] * 3 + [30] * 100)  # polls see one session at first, then a class of 30
+    monkeypatch.setattr(common.Pollers, "touch", lambda self, session, now=None: next(counts))
+    at = AppTest.from_function(sidebar_script).run()
+    assert not at.exception
+    assert at.session_state["_interval:sidebar-jobs"] == common.WATCHER_INTERVAL_S
+    at.run()  # the fragment (here: the script) sees 30 sessions: registered again at their pace
+    assert at.session_state["_interval:sidebar-jobs"] == common.watcher_interval(30)
+    at.run()
+    assert at.session_state["_interval:sidebar-jobs"] == common.watcher_interval(30)
+    assert "1 running" in sidebar_text(at)

@@ -6,6 +6,8 @@ This is the UI edge: Streamlit caching lives here, ``vgg`` stays free of Streaml
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +21,14 @@ from vgg.runs import RunStore
 from vgg.settings import data_dir, runs_dir
 from vgg.tasks import DataRegistry, data_task
 
-# Live views: the person who started a job polls fast, everyone else slower (a class of 30
-# watching must not starve the training).
+# Live views: the person who started a job polls fast, everyone else slower, and slower still
+# the more sessions poll (a class of 30 watching must not starve the training): watchers together
+# rerun about WATCHER_RERUNS_PER_S live views per second, each every 3 to 15 s.
 OWNER_INTERVAL_S = 1.0
 WATCHER_INTERVAL_S = 3.0
+MAX_WATCHER_INTERVAL_S = 15.0
+WATCHER_RERUNS_PER_S = 2.0
+POLLER_MEMORY_S = 2 * MAX_WATCHER_INTERVAL_S  # a session that has not polled for this long is gone
 
 DEFAULT_DATA = DataConfig(source="synthetic", input_size=32, images_per_class=500)
 
@@ -123,22 +129,67 @@ def show_data_loading(cfg: DataConfig) -> DataSplits | None:
 # -- live polling -------------------------------------------------------------------------------
 
 
-def poll_interval(snapshots: list[JobSnapshot]) -> float | None:
-    """How often a live view reruns: None when nothing runs (the timer stops)."""
+class Pollers:
+    """When each browser session last polled a live view (thread-safe, process-wide)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
+
+    def touch(self, session: str, now: float | None = None) -> int:
+        """Note that ``session`` polls now; returns how many sessions polled recently."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._seen[session] = now
+            for sid in [sid for sid, t in self._seen.items() if now - t > POLLER_MEMORY_S]:
+                del self._seen[sid]
+            return len(self._seen)
+
+
+@st.cache_resource
+def pollers() -> Pollers:
+    return Pollers()
+
+
+def watcher_interval(sessions: int) -> float:
+    """Seconds between reruns of a watcher's live view when ``sessions`` sessions poll."""
+    return min(MAX_WATCHER_INTERVAL_S, max(WATCHER_INTERVAL_S, sessions / WATCHER_RERUNS_PER_S))
+
+
+def watcher_pace() -> float:
+    """``watcher_interval`` now, counting this session as one that polls."""
+    return watcher_interval(pollers().touch(session_id()))
+
+
+def poll_interval(snapshots: list[JobSnapshot], key: str | None = None) -> float | None:
+    """How often a live view reruns: None when nothing runs (the timer stops). The owner of a
+    running job: every second; everyone else: ``watcher_interval`` of the sessions polling now.
+    With ``key`` (the fragment's), the interval is remembered for ``rerun_when_finished``."""
     active = [s for s in snapshots if not s.status.finished]
-    if not active:
-        return None
-    mine = any(s.owner == session_id() for s in active)
-    return OWNER_INTERVAL_S if mine else WATCHER_INTERVAL_S
+    interval = None
+    if active:
+        pace = watcher_pace()
+        mine = any(s.owner == session_id() for s in active)
+        interval = OWNER_INTERVAL_S if mine else pace
+    if key is not None:
+        st.session_state[f"_interval:{key}"] = interval
+    return interval
 
 
 def rerun_when_finished(key: str, snapshots: list[JobSnapshot]) -> None:
-    """Call from a live fragment: a full rerun once the watched jobs finish, so the timer stops."""
+    """Call from a live fragment (registered with ``poll_interval(..., key)``) on every rerun: a
+    full rerun once the watched jobs finish, so the timer stops, and when the class watching grew
+    or shrank so much that the timer should run at half or twice its pace."""
     active = any(not s.status.finished for s in snapshots)
     was_active = st.session_state.get(f"_active:{key}", False)
     st.session_state[f"_active:{key}"] = active
     if was_active and not active:
         st.rerun(scope="app")
+    registered = st.session_state.get(f"_interval:{key}")
+    if active and registered:
+        wanted = poll_interval(snapshots)
+        if wanted is not None and not registered / 2 < wanted < registered * 2:
+            st.rerun(scope="app")  # registers the fragment again with the new pace
 
 
 def show_error(error: BaseException | str) -> None:

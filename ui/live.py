@@ -142,8 +142,20 @@ def cached(name: str, stamp: Any, build: Callable[[], Any]) -> Any:
 
 
 def cached_figure(name: str, snap: JobSnapshot, build: Callable[[], Any], *extra: Any) -> Any:
-    """``build()`` once per (job, snapshot version, extra): a poll with no change skips the work."""
-    return cached(name, (snap.id, snap.version, extra), build)
+    """``build()`` once per (job, snapshot version, extra) for the whole server: a poll with no
+    change skips the work, and a class of 30 watching one job builds each figure once, not 30 times.
+    (The figure is only read afterwards: ``st.plotly_chart`` copies it.)"""
+    return shared(name, (snap.id, snap.version, extra), build)
+
+
+def shared(name: str, stamp: Any, build: Callable[[], Any]) -> Any:
+    """``build()`` once per (``name``, hashable ``stamp``) for the whole server (every session)."""
+    return _shared(name, stamp, build)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _shared(name: str, stamp: Any, _build: Callable[[], Any]) -> Any:
+    return _build()
 
 
 def page_link(page: str, label: str, icon: str | None = None) -> None:

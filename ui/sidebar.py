@@ -37,7 +37,7 @@ def sidebar_jobs() -> None:
     """
     active = job_manager().active()
 
-    @st.fragment(run_every=poll_interval(active))
+    @st.fragment(run_every=poll_interval(active, "sidebar-jobs"))
     def jobs() -> None:
         snaps = job_manager().active()
         rerun_when_finished("sidebar-jobs", snaps)

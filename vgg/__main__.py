@@ -1,5 +1,9 @@
 """``python -m vgg``: the command-line interface."""
 
-from vgg.cli import main
+from vgg.allocator import tune_allocator
+
+tune_allocator()  # before torch allocates (vgg/allocator.py)
+
+from vgg.cli import main  # noqa: E402
 
 raise SystemExit(main())

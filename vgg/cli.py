@@ -41,10 +41,11 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 TOP_K = 5  # predict shows the five most likely classes, as the notebook
+DEFAULT_LR = 3e-4  # TrainConfig.lr, spelled out so that --help needs no torch (a test checks they agree)
 EXAMPLES = """examples:
   python -m vgg summary --config D --batch-norm
   python -m vgg lr-find --dataset cifar10 --num-iter 100
-  python -m vgg train --dataset cifar10 --epochs 3 --lr 1e-3
+  python -m vgg train --dataset cifar10 --epochs 3 --lr 5e-4
   python -m vgg runs
   python -m vgg evaluate <run id>
   python -m vgg predict <run id> photo.jpg
@@ -276,8 +277,8 @@ def _add_model_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                    help="share of the training images held out for validation (default 0.1)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="(peak) learning rate of the classifier (default 1e-3)")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"(peak) learning rate of the classifier (default {DEFAULT_LR:g})")
     p.add_argument("--lr-ratio", type=float, default=None, metavar="R",
                    help="features learn at lr × R (default 0.1 from pretrained weights, 1 from scratch)")
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"), help="default adam")

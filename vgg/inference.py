@@ -553,7 +553,7 @@ def evaluate_loaded(
     ``precision`` is the run's ``TrainConfig.precision``: evaluating as the training did gives the
     same test accuracy as the run recorded (near-ties flip between bf16 and fp32).
 
-    Returns ``{"labels", "probabilities" (float16 N×C), "hidden" (float16, first ≤1000 rows),
+    Returns ``{"labels", "probabilities" (float16 N×C), "predicted" (N), "hidden" (float16, first ≤1000 rows),
     "classes", "split": "test", "loss", "accuracy"}``.
     """
     from vgg.train import BatchPipeline, choose_precision, evaluate
@@ -565,6 +565,7 @@ def evaluate_loaded(
     return {
         "labels": result.labels,
         "probabilities": result.probabilities.half(),
+        "predicted": result.probabilities.argmax(1),  # float16 probabilities can tie
         "hidden": hidden,
         "classes": list(loaded.classes),
         "split": "test",

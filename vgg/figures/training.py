@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -102,6 +103,29 @@ def lr_finder_figure(
     return fig
 
 
+MAX_CURVE_POINTS = 400  # a live curve shows at most this many points per trace (thinned evenly)
+
+
+def thin(n: int, limit: int = MAX_CURVE_POINTS) -> list[int]:
+    """Indices of at most ``limit`` evenly spread points of ``n``, always the first and the last.
+
+    A browser draws 400 points as well as 40,000, and the page sends a hundredth of the data."""
+    if n <= limit:
+        return list(range(n))
+    stride = (n - 1) / (limit - 1)
+    return sorted({round(i * stride) for i in range(limit)})
+
+
+def _vlines(xs: Sequence[float], low: float, high: float) -> tuple[list[float | None], list[float | None]]:
+    """Vertical segments at ``xs`` from ``low`` to ``high`` as one trace's x and y (None breaks)."""
+    x: list[float | None] = []
+    y: list[float | None] = []
+    for value in xs:
+        x += [value, value, None]
+        y += [low, high, None]
+    return x, y
+
+
 def step_curves_figure(
     steps: Sequence[int],
     losses: Sequence[float],
@@ -113,21 +137,36 @@ def step_curves_figure(
 ) -> go.Figure:
     """Per-step training loss and accuracy (raw faint, EMA bold) and the learning rate, side by side.
 
-    ``epoch_starts`` are the steps where a new epoch began (dotted lines).
+    ``epoch_starts`` are the steps where a new epoch began (dotted lines). The EMA is computed on
+    every step; a long run is drawn from ``MAX_CURVE_POINTS`` of them per trace. Built for a page
+    that redraws it live: one trace per panel for the epoch lines (plotly's ``add_vline`` costs
+    tens of milliseconds each).
     """
     fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "training accuracy (batch)",
                                                         "learning rate"), horizontal_spacing=0.07)
-    x = list(steps)
-    for col, values, name in ((1, losses, "loss"), (2, accuracies, "accuracy")):
-        fig.add_scatter(x=x, y=list(values), mode="lines", name=f"{name} per step", showlegend=False,
-                        line={"color": RAW_COLOR, "width": 1}, row=1, col=col)
-        fig.add_scatter(x=x, y=ema(values, smoothing), mode="lines", name=f"{name} (smoothed)",
+    keep = np.asarray(thin(len(steps)), dtype=np.int64)
+
+    def kept(values: Sequence[float]) -> list[float]:
+        # Plain lists: plotly would send numpy arrays base64-encoded, which the page's chart keeps
+        # undecoded in its data (and the browser tests read the points from there).
+        return np.asarray(values, dtype=float)[keep].tolist() if len(keep) else []
+
+    x = kept(steps)
+    panels = ((1, losses, "loss"), (2, accuracies, "accuracy"), (3, lrs, "lr"))
+    for col, values, name in panels[:2]:
+        fig.add_scatter(x=x, y=kept(values), mode="lines", name=f"{name} per step",
+                        showlegend=False, line={"color": RAW_COLOR, "width": 1}, row=1, col=col)
+        fig.add_scatter(x=x, y=kept(ema(values, smoothing)), mode="lines", name=f"{name} (smoothed)",
                         showlegend=False, line={"color": SMOOTH_COLOR, "width": 2.5}, row=1, col=col)
-    fig.add_scatter(x=x, y=list(lrs), mode="lines", name="lr", showlegend=False,
+    if epoch_starts:
+        for col, values, _ in panels:
+            finite = _finite(values)
+            low, high = (0.0, 1.0) if col == 2 or not finite else (min(finite), max(finite))
+            lx, ly = _vlines(epoch_starts, low, high)
+            fig.add_scatter(x=lx, y=ly, mode="lines", name="new epoch", showlegend=False, hoverinfo="skip",
+                            line={"dash": "dot", "color": "#aaa", "width": 1}, row=1, col=col)
+    fig.add_scatter(x=x, y=kept(lrs), mode="lines", name="lr", showlegend=False,
                     line={"color": LR_COLOR, "width": 2}, row=1, col=3)
-    for step in epoch_starts:
-        for col in (1, 2, 3):
-            fig.add_vline(x=step, line={"dash": "dot", "color": "#aaa", "width": 1}, row=1, col=col)
     fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=2)
     fig.update_yaxes(exponentformat="e", row=1, col=3)
     fig.update_xaxes(title_text="step", dtick=1 if len(x) <= 10 else None)  # no "step 1.5"
