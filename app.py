@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from vgg.allocator import tune_allocator
+from vgg.allocator import late_notice, tune_allocator
 
 tune_allocator()  # before torch allocates: training steps reuse their big buffers (vgg/allocator.py)
+if (notice := late_notice()) is not None:  # the server's threads need it from the start (make run)
+    print(notice, file=sys.stderr)
 
 import streamlit as st  # noqa: E402
 

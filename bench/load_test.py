@@ -1,10 +1,13 @@
 """A full classroom against the real server: 30 browser sessions watching a training, then 30 Start clicks.
 
-Not part of ``make test``: it takes several minutes and the whole machine. Everything runs on this
-machine and talks only to 127.0.0.1: the app (its own ``streamlit run`` subprocess with fresh data
-and runs dirs) and headless Chromium (one browser, one context per pupil).
+Not part of ``make test``: it takes about twenty minutes and the whole machine. Everything runs on
+this machine and talks only to 127.0.0.1: the app (its own ``streamlit run`` subprocess with fresh
+data and runs dirs, started as ``make run`` starts it) and headless Chromium (one browser, one
+context per pupil). In a classroom the browsers run on the pupils' computers, so the server is
+pinned to half the CPUs and this script with Chromium to the other half (``--server-cpus``; on a
+2-core machine one CPU each: the training then runs on one).
 
-Phases (each bounded to about two minutes, the whole script to about ten):
+Phases (each bounded, the whole script by ``--total``):
 
 1. start the server; start a training from the Train page in one context, then close it;
 2. baseline: the training's images/s with nobody watching, read from the run's ``metrics.csv``
@@ -17,11 +20,13 @@ Phases (each bounded to about two minutes, the whole script to about ten):
    phase 2 as the threads that worked while nobody watched);
 5. every context on the Train page with its own settings (epochs) clicks Start at once: jobs
    running / queued / refused (past ``--max-queue``), and the server's resident memory before and
-   after.
+   after;
+6. the contexts closed, nobody watching again: the drop is measured against the mean of this
+   window and the baseline's.
 
 The last lines printed are the summary. Usage::
 
-    .venv/bin/python bench/load_test.py [--contexts 30] [--window 45] [--wave 5]
+    .venv/bin/python bench/load_test.py [--contexts 30] [--window 45] [--wave 5] [--server-cpus auto]
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ui.common import watcher_interval  # noqa: E402  (the pace of a watcher's live view)
+from vgg.allocator import tuned_environ  # noqa: E402
 from vgg.resources import cpu_seconds, rss_bytes  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -107,8 +113,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(base: Path, max_queue: int, options: list[str] | tuple[str, ...] = ()) -> Server:
+def split_cpus(spec: str) -> tuple[set[int], set[int]]:
+    """The server's CPUs and the browsers': ``spec`` is "auto" (the first half for the server, the
+    rest for the browsers), "none" (both everywhere) or a CPU list for the server, e.g. "0" or "0-3"."""
+    available = sorted(os.sched_getaffinity(0))
+    if spec == "none" or len(available) < 2:
+        return set(available), set(available)
+    if spec == "auto":
+        server = set(available[: len(available) // 2])
+    else:
+        server = set()
+        for part in spec.split(","):
+            low, _, high = part.partition("-")
+            server |= set(range(int(low), int(high or low) + 1))
+        if not server <= set(available) or server == set(available):
+            raise SystemExit(f"--server-cpus {spec!r}: choose some, not all, of the CPUs {available}")
+    return server, set(available) - server
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def start_server(base: Path, max_queue: int, options: list[str] | tuple[str, ...] = (),
+                 cpus: set[int] | None = None, extra_env: list[str] | tuple[str, ...] = ()) -> Server:
     env = {k: v for k, v in os.environ.items() if k != "VGG_DEBUG"}
+    env.update(item.split("=", 1) for item in extra_env)
+    env = tuned_environ(env)  # as make run (VGG_MALLOC_TUNING=0 in --env leaves it out)
     env["VGG_MAX_QUEUE"] = str(max_queue)  # ui/common.py: jobs that may wait (the app's default is 20)
     for name, folder in (("VGG_DATA_DIR", "data"), ("VGG_RUNS_DIR", "runs"), ("TORCH_HOME", "torch")):
         (base / folder).mkdir(parents=True, exist_ok=True)
@@ -120,7 +151,10 @@ def start_server(base: Path, max_queue: int, options: list[str] | tuple[str, ...
                "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     command += [f"--{option}" for option in options]  # e.g. runner.postScriptGC=false
     out = (base / "server.log").open("wb")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    # Pinned before exec, so every thread of the server (torch's pool sizes itself from it) stays there.
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               preexec_fn=pin)
     server = Server(process, f"http://127.0.0.1:{port}/", base)
     deadline = time.monotonic() + PHASE_S
     while time.monotonic() < deadline:
@@ -136,8 +170,19 @@ def start_server(base: Path, max_queue: int, options: list[str] | tuple[str, ...
     raise RuntimeError(f"the server did not answer within {PHASE_S:.0f} s")
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each live thread of ``pid``."""
+@dataclass(frozen=True)
+class ThreadStat:
+    user: float  # CPU seconds in user mode
+    system: float  # and in the kernel (page faults among it)
+    faults: int  # minor page faults
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+
+def thread_stats(pid: int) -> dict[int, ThreadStat]:
+    """CPU seconds and minor page faults of each live thread of ``pid`` (from /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -146,7 +191,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
         except OSError:
             continue
         fields = text[text.rindex(")") + 2:].split()
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        out[int(task.name)] = ThreadStat(int(fields[11]) / ticks, int(fields[12]) / ticks, int(fields[7]))
     return out
 
 
@@ -195,6 +240,58 @@ def lower_priority(pids: set[int], nice: int, group_nice: int, server_pid: int) 
                 pass
 
 
+def browser_pids(server: Server) -> set[int]:
+    """Chromium's processes (below this script, not the server, not playwright's driver)."""
+    out = set()
+    for pid in descendants(os.getpid(), exclude=server.pid):
+        try:
+            if "chrom" in Path(f"/proc/{pid}/comm").read_text():
+                out.add(pid)
+        except OSError:
+            continue
+    return out
+
+
+def signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+async def interleaved(server: Server, metrics: Path, seconds: float, rounds: int,
+                      res: Results) -> None:
+    """``rounds`` pairs of windows, the browsers frozen (SIGSTOP: the sessions stay connected but
+    nobody polls) and then running again: the same training, the same minutes, both conditions."""
+    for i in range(rounds):
+        pids = browser_pids(server)
+        signal_all(pids, signal.SIGSTOP)
+        try:
+            frozen = await asyncio.to_thread(measure_window, server, metrics, seconds)
+        finally:
+            signal_all(pids, signal.SIGCONT)
+        live = await asyncio.to_thread(measure_window, server, metrics, seconds)
+        res.frozen_windows.append(frozen)
+        res.live_windows.append(live)
+        log(f"round {i + 1}/{rounds}: browsers frozen {frozen.median_ips:.1f} img/s, "
+            f"running {live.median_ips:.1f} img/s")
+
+
+def set_affinity(pids: set[int], cpus: set[int]) -> None:
+    """Move every thread of ``pids`` to ``cpus`` (a process's threads each have their own mask)."""
+    for pid in pids:
+        try:
+            tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+
+
 def browser_cpu(server: Server) -> float:
     """CPU seconds of the browser side: every process this script started except the server."""
     total = 0.0
@@ -228,17 +325,17 @@ class Window:
     median_ips: float  # median of the steps' images_per_second
     effective_ips: float  # images seen / training seconds over the window (validation, saving included)
     server_cpu: float
-    thread_cpu: dict[int, float]
+    threads: dict[int, ThreadStat]  # what each thread of the server did in the window
     seconds: float
 
 
 def measure_window(server: Server, metrics: Path, seconds: float) -> Window:
     """Throughput and server CPU over ``seconds`` of wall time."""
     rows0 = step_rows(metrics)
-    cpu0, threads0, t0 = cpu_seconds(server.pid), thread_cpu(server.pid), time.monotonic()
+    cpu0, threads0, t0 = cpu_seconds(server.pid), thread_stats(server.pid), time.monotonic()
     time.sleep(seconds)  # the measurement window itself
     rows1 = step_rows(metrics)
-    cpu1, threads1, t1 = cpu_seconds(server.pid), thread_cpu(server.pid), time.monotonic()
+    cpu1, threads1, t1 = cpu_seconds(server.pid), thread_stats(server.pid), time.monotonic()
     new = rows1[len(rows0):]
     ips = [float(r["images_per_second"]) for r in new if r.get("images_per_second")]
     overall = float("nan")
@@ -246,7 +343,9 @@ def measure_window(server: Server, metrics: Path, seconds: float) -> Window:
         first, last = rows0[-1], new[-1]  # over the training's own clock (validation and saving included)
         elapsed = float(last["seconds"]) - float(first["seconds"])
         overall = (int(last["images_seen"]) - int(first["images_seen"])) / elapsed if elapsed > 0 else overall
-    delta = {tid: threads1[tid] - threads0.get(tid, 0.0) for tid in threads1}
+    zero = ThreadStat(0.0, 0.0, 0)
+    delta = {tid: ThreadStat(t.user - threads0.get(tid, zero).user, t.system - threads0.get(tid, zero).system,
+                             t.faults - threads0.get(tid, zero).faults) for tid, t in threads1.items()}
     median = statistics.median(ips) if ips else float("nan")
     return Window(len(new), median, overall, cpu1 - cpu0, delta, t1 - t0)
 
@@ -266,11 +365,11 @@ async def rerun(page: Any, action: Any, timeout_s: float = PHASE_S) -> None:
     await wait_idle(page, timeout_s)
 
 
-async def set_number(page: Any, key: str, value: int) -> None:
+async def set_number(page: Any, key: str, value: int, timeout_s: float = PHASE_S) -> None:
     """Type ``value`` into the number input with widget key ``key`` and wait for the rerun."""
     field = page.locator(f".st-key-{key} input")
-    await field.fill(str(value))
-    await rerun(page, lambda: field.press("Enter"))
+    await field.fill(str(value), timeout=timeout_s * 1000)
+    await rerun(page, lambda: field.press("Enter", timeout=timeout_s * 1000), timeout_s)
 
 
 async def open_page(context: Any, url: str) -> tuple[Any, float]:
@@ -288,6 +387,9 @@ class Results:
     load_before: str = ""
     baseline: Window | None = None
     watched: Window | None = None
+    after: Window | None = None  # nobody watching again, at the end
+    frozen_windows: list[Window] = field(default_factory=list)  # the browsers stopped (SIGSTOP)
+    live_windows: list[Window] = field(default_factory=list)  # and running, alternately
     renders: list[float] = field(default_factory=list)
     render_failures: int = 0
     reruns_counted: int = 0
@@ -304,6 +406,9 @@ class Results:
     rss_before: int = 0
     rss_after: int = 0
     rss_start: int = 0
+    training_threads: set[int] = field(default_factory=set)
+    server_cpus: str = ""
+    browser_cpus: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -331,11 +436,12 @@ async def start_training(browser: Any, server: Server, epochs: int, batch: int) 
         await context.close()  # the run goes on without anyone watching
 
 
-async def open_watchers(browser: Any, server: Server, n: int, wave: int,
+async def open_watchers(browser: Any, server: Server, n: int, wave: int, seconds: float,
                         res: Results) -> list[tuple[Any, Any]]:
-    """``n`` contexts, two thirds on the Train page, the rest spread over the other pages, in waves."""
+    """``n`` contexts, two thirds on the Train page, the rest spread over the other pages, in waves
+    (a wave starts only within ``seconds`` of the first)."""
     opened: list[tuple[Any, Any]] = []
-    deadline = time.monotonic() + PHASE_S
+    deadline = time.monotonic() + seconds
 
     async def one(i: int) -> tuple[Any, Any] | None:
         context = await browser.new_context(viewport={"width": 1280, "height": 800})
@@ -351,7 +457,7 @@ async def open_watchers(browser: Any, server: Server, n: int, wave: int,
 
     for first in range(0, n, wave):
         if time.monotonic() > deadline:
-            res.notes.append(f"opened only {len(opened)} of {n} contexts within {PHASE_S:.0f} s")
+            res.notes.append(f"opened only {len(opened)} of {n} contexts within {seconds:.0f} s")
             break
         batch = await asyncio.gather(*(one(i) for i in range(first, min(n, first + wave))))
         opened += [item for item in batch if item is not None]
@@ -374,8 +480,8 @@ async def thirty_clicks(pages: list[Any], server: Server, res: Results) -> None:
             return None
 
     ready = []
-    for first in range(0, len(pages), 10):
-        ready += await asyncio.gather(*(prepare(i, p) for i, p in enumerate(pages[first:first + 10], first)))
+    for first in range(0, len(pages), 5):
+        ready += await asyncio.gather(*(prepare(i, p) for i, p in enumerate(pages[first:first + 5], first)))
     ready = [p for p in ready if p is not None]
     res.rss_before = rss_bytes(server.pid)
     if not ready:
@@ -424,7 +530,10 @@ async def main_async(args: argparse.Namespace, res: Results) -> None:
     base = Path(tempfile.mkdtemp(prefix="vgg-load-"))
     t_start = time.monotonic()
     log(f"load average {res.load_before}; {os.cpu_count()} CPUs; server dirs in {base}")
-    server = start_server(base, args.max_queue, args.option)
+    server_cpus, browser_cpus = split_cpus(args.server_cpus)
+    res.server_cpus, res.browser_cpus = cpu_list(server_cpus), cpu_list(browser_cpus)
+    server = start_server(base, args.max_queue, args.option, server_cpus, args.env)
+    os.sched_setaffinity(0, browser_cpus)  # this script, playwright's driver and Chromium inherit it
     log(f"server up at {server.url} (pid {server.pid}) after {time.monotonic() - t_start:.0f} s")
     res.rss_start = rss_bytes(server.pid)
     try:
@@ -450,7 +559,7 @@ async def main_async(args: argparse.Namespace, res: Results) -> None:
                 res.baseline = await asyncio.to_thread(measure_window, server, metrics, args.window)
                 log(f"baseline: {res.baseline.steps} steps, median {res.baseline.median_ips:.1f} img/s")
 
-                opened = await open_watchers(browser, server, args.contexts, args.wave, res)
+                opened = await open_watchers(browser, server, args.contexts, args.wave, args.open_time, res)
                 pages = [p for _, p in opened if p is not None]
                 await asyncio.gather(*(page.evaluate(COUNT_RUNS) for page in pages), return_exceptions=True)
                 chromium0 = browser_cpu(server)
@@ -460,21 +569,39 @@ async def main_async(args: argparse.Namespace, res: Results) -> None:
                 runs_per_page = await asyncio.gather(
                     *(page.evaluate("() => window.__runs || 0") for page in pages), return_exceptions=True)
                 res.reruns_counted = sum(r for r in runs_per_page if isinstance(r, int))
-                training = {tid for tid, cpu in res.baseline.thread_cpu.items()
-                            if tid != server.pid and cpu > 0.05 * res.baseline.seconds}
-                training_cpu = sum(res.watched.thread_cpu.get(tid, 0.0) for tid in training)
+                res.training_threads = {tid for tid, t in res.baseline.threads.items()
+                                        if tid != server.pid and t.cpu > 0.05 * res.baseline.seconds}
+                training_cpu = sum(res.watched.threads[tid].cpu for tid in res.training_threads
+                                   if tid in res.watched.threads)
                 res.ui_cpu = res.watched.server_cpu - training_cpu
                 res.exceptions = await count_on_pages(pages, EXCEPTION)
                 res.error_alerts = await count_on_pages(pages, ERROR_ALERT)
                 log(f"watched: {res.watched.steps} steps, median {res.watched.median_ips:.1f} img/s; "
                     f"{res.reruns_counted} script runs counted in the tabs")
 
+                if args.rounds:
+                    log(f"{args.rounds} rounds of {args.window:.0f} s with the browsers frozen, then running")
+                    await interleaved(server, metrics, args.window, args.rounds, res)
                 if time.monotonic() - t_start < args.total - PHASE_S:
-                    await asyncio.wait_for(thirty_clicks(pages, server, res), PHASE_S * 1.5)
+                    # The throughput is measured; the clicks count jobs and memory. Contexts that never
+                    # rendered only hold the browser's CPU, and the browser may use every CPU now.
+                    for context, page in opened:
+                        if page is None:
+                            await context.close()
+                    everything = set(range(os.cpu_count() or 1))
+                    set_affinity(descendants(os.getpid(), exclude=server.pid) | {os.getpid()}, everything)
+                    log(f"Start clicks from {len(pages)} sessions; Chromium now on every CPU")
+                    try:
+                        await asyncio.wait_for(thirty_clicks(pages, server, res), PHASE_S * 3)
+                    except TimeoutError:
+                        res.notes.append(f"the Start-click phase ran out of its {PHASE_S * 3:.0f} s")
                 else:
                     res.notes.append("Start-click phase skipped: the time budget was spent")
-                for context, _ in opened:
-                    await context.close()
+                await asyncio.gather(*(context.close() for context, _ in opened), return_exceptions=True)
+                if time.monotonic() - t_start < args.total - args.window:  # the machine may have drifted
+                    log(f"nobody watching again: a last window of {args.window:.0f} s")
+                    res.after = await asyncio.to_thread(measure_window, server, metrics, args.window)
+                    log(f"after: {res.after.steps} steps, median {res.after.median_ips:.1f} img/s")
             finally:
                 await browser.close()
     except Exception as error:  # the summary still shows what was measured before
@@ -496,10 +623,12 @@ def summary(res: Results, args: argparse.Namespace) -> str:
     b, w = res.baseline, res.watched
     lines = ["", "=" * 30 + " load test summary " + "=" * 30,
              f"machine: {os.cpu_count()} CPUs, load average at start {res.load_before}; "
-             f"server and Chromium on the same machine, Chromium at nice {args.browser_nice} "
-             f"(its autogroup at {args.browser_group_nice})"]
-    if args.option:
-        lines.append(f"server options: {' '.join(args.option)}")
+             + (f"the server on CPU {res.server_cpus}, this script and Chromium on CPU {res.browser_cpus} "
+                "(the pupils' browsers run on their own computers)"
+                if res.server_cpus != res.browser_cpus else "server and Chromium share every CPU")
+             + f"; Chromium at nice {args.browser_nice} (its autogroup at {args.browser_group_nice})"]
+    if args.option or args.env:
+        lines.append(f"server options: {' '.join(args.option + args.env)}")
     lines.append(f"sessions: {res.contexts} contexts requested (waves of {args.wave}); "
                  f"{len(res.renders)} rendered, {res.render_failures} failed to render")
     if res.renders or res.render_failures:
@@ -513,12 +642,42 @@ def summary(res: Results, args: argparse.Namespace) -> str:
         lines.append(f"training, nobody watching: median {b.median_ips:.1f} img/s per step "
                      f"({b.steps} steps), {b.effective_ips:.1f} img/s overall, "
                      f"server CPU {b.server_cpu:.1f} s in {b.seconds:.0f} s")
+    a = res.after
+    if a is not None:
+        lines.append(f"training, nobody watching again at the end: median {a.median_ips:.1f} img/s per step "
+                     f"({a.steps} steps), {a.effective_ips:.1f} img/s overall")
     if w is not None and b is not None:
-        drop = 1 - w.median_ips / b.median_ips if b.median_ips else float("nan")
-        overall = 1 - w.effective_ips / b.effective_ips if b.effective_ips else float("nan")
+        # against the mean of the windows before and after, when there is one after (drift of a shared machine)
+        quiet = [x for x in (b, a) if x is not None and x.steps] or [b]
+        ref_step = statistics.mean(x.median_ips for x in quiet)
+        ref_overall = statistics.mean(x.effective_ips for x in quiet)
+        drop = 1 - w.median_ips / ref_step if ref_step else float("nan")
+        overall = 1 - w.effective_ips / ref_overall if ref_overall else float("nan")
         lines.append(f"training, {len(res.renders)} watching: median {w.median_ips:.1f} img/s per step "
                      f"({w.steps} steps), {w.effective_ips:.1f} img/s overall")
-        lines.append(f"throughput drop: {drop:.1%} per step, {overall:.1%} overall (target <= 15 %)")
+        against = "the mean of the windows before and after" if len(quiet) > 1 else "the window before"
+        lines.append(f"throughput drop against {against}: {drop:.1%} per step, {overall:.1%} overall "
+                     "(target <= 15 %)")
+        for label, window in (("nobody watching", b), ("watched", w), ("nobody watching again", a)):
+            if window is None:
+                continue
+            mine = [window.threads[t] for t in res.training_threads if t in window.threads]
+            user, system = sum(t.user for t in mine), sum(t.system for t in mine)
+            faults = sum(t.faults for t in mine)
+            lines.append(f"training threads, {label}: {user:.1f} s user + {system:.1f} s system CPU, "
+                         f"{faults / max(1, window.steps):,.0f} minor page faults per step")
+        if res.live_windows:
+            frozen = statistics.median(x.median_ips for x in res.frozen_windows)
+            live = statistics.median(x.median_ips for x in res.live_windows)
+            pairs = ", ".join(f"{f.median_ips:.0f}/{lv.median_ips:.0f}"
+                              for f, lv in zip(res.frozen_windows, res.live_windows, strict=True))
+            lines.append(f"interleaved, {len(res.live_windows)} rounds of {args.window:.0f} s (browsers frozen / "
+                         f"running, img/s per step: {pairs}): medians {frozen:.1f} / {live:.1f} -> drop "
+                         f"{1 - live / frozen:.1%} (target <= 15 %)")
+            faults = [sum(x.threads[t].faults for t in res.training_threads if t in x.threads) / max(1, x.steps)
+                      for x in res.live_windows]
+            lines.append(f"training threads while the browsers ran: {statistics.median(faults):,.0f} minor page "
+                         "faults per step (median of the rounds)")
         pace = watcher_interval(len(res.renders))
         estimate = len(res.renders) * w.seconds / pace
         counted = res.reruns_counted
@@ -531,9 +690,10 @@ def summary(res: Results, args: argparse.Namespace) -> str:
                      f"(total {w.server_cpu:.1f} s minus the training threads) = "
                      f"{per_counted * 1000:.0f} ms per counted run, {per_expected * 1000:.0f} ms per "
                      "timer-driven rerun")
-        lines.append(f"Chromium CPU in the same window: {res.chromium_cpu:.1f} s, at nice {args.browser_nice} "
-                     "(it competes with the training on this machine; in a classroom it runs on the "
-                     "pupils' computers)")
+        lines.append(f"Chromium CPU in the same window: {res.chromium_cpu:.1f} s"
+                     + (f" on CPU {res.browser_cpus}, apart from the server's"
+                        if res.server_cpus != res.browser_cpus else
+                        f", at nice {args.browser_nice}, competing with the training"))
     lines.append(f"sessions showing an exception element: {res.exceptions}; error alerts: {res.error_alerts}")
     if res.clicks:
         lines.append(f"Start clicks: {res.clicks} at once -> running {res.running}, queued {res.queued}, "
@@ -560,11 +720,22 @@ def main() -> int:
                         help="the server's queue limit, VGG_MAX_QUEUE (default 20, as the app)")
     parser.add_argument("--option", action="append", default=[], metavar="SECTION.NAME=VALUE",
                         help="a Streamlit option for the server, e.g. runner.postScriptGC=false (repeatable)")
-    parser.add_argument("--browser-nice", type=int, default=19,
-                        help="niceness of Chromium and playwright's driver (default 19; 0 = as the server)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server, e.g. VGG_MALLOC_TUNING=0 (repeatable)")
+    parser.add_argument("--server-cpus", default="auto",
+                        help="CPUs of the server, e.g. 0 or 0-3; the browsers get the others. 'auto' "
+                             "(default): the first half; 'none': both on every CPU")
+    parser.add_argument("--browser-nice", type=int, default=0,
+                        help="niceness of Chromium and playwright's driver (default 0, as the server; "
+                             "useful with --server-cpus none)")
     parser.add_argument("--browser-group-nice", type=int, default=0,
                         help="niceness of Chromium's autogroup (default 0: left alone)")
-    parser.add_argument("--total", type=float, default=600.0, help="time budget of the whole script in s")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved pairs of windows, browsers frozen then running (default 2)")
+    parser.add_argument("--open-time", type=float, default=480.0,
+                        help="seconds within which the waves of contexts start (default 480: 30 "
+                             "contexts on one CPU take about that)")
+    parser.add_argument("--total", type=float, default=1500.0, help="time budget of the whole script in s")
     parser.add_argument("--keep", action="store_true", help="keep the server's temporary dirs and log")
     args = parser.parse_args()
     if not os.access(CHROMIUM, os.X_OK):

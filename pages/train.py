@@ -24,7 +24,6 @@ from ui.common import (
 )
 from ui.live import (
     PROBE_AUTO_MACS,
-    cached,
     cached_figure,
     config_key,
     describe_job_error,
@@ -36,6 +35,7 @@ from ui.live import (
     others_active,
     page_link,
     probe_macs,
+    shared,
     speed_probe,
     submit_job,
     watched_job,
@@ -253,7 +253,7 @@ def live_view(first: JobSnapshot) -> None:
             st.caption("Training against validation, per epoch, appears when the first epoch ends.")
         else:
             st.plotly_chart(epoch_fig, key="train-epochs-chart")
-            grid = cached("train-grid", (snap.id, len(epochs)), lambda: prediction_images(snap, epochs[-1]))
+            grid = shared("train-grid", (snap.id, len(epochs)), lambda: prediction_images(snap, epochs[-1]))
             if grid is not None:
                 st.markdown(f"**Validation predictions after epoch {epochs[-1].epoch}** "
                             "(green: right, red: wrong; the percentage is the model's confidence)")

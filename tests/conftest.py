@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from vgg.allocator import tuned_environ
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
@@ -119,7 +121,7 @@ def streamlit_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     log = base / "streamlit.log"
     request.config.stash[SERVER_LOG] = log
     port = free_port()
-    env = {**os.environ, **isolated_env(base), "PYTHONUNBUFFERED": "1"}
+    env = tuned_environ({**os.environ, **isolated_env(base), "PYTHONUNBUFFERED": "1"})  # as make run
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.port", str(port),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -56,3 +57,77 @@ def test_it_can_be_turned_off(monkeypatch) -> None:
     monkeypatch.setenv("VGG_MALLOC_TUNING", "0")
     monkeypatch.setattr(allocator, "_done", None)
     assert allocator.tune_allocator() is False
+
+
+# The app's case: Streamlit's threads own arenas by the time app.py runs, and a job thread started
+# later reuses one of them, so mallopt from a script thread comes too late; GLIBC_TUNABLES at the
+# process's start does not.
+THREADED = textwrap.dedent("""
+    import resource, sys, threading
+    from vgg.allocator import tune_allocator
+    import torch
+    def churn():  # threads that allocate and exit, as a server's do, leaving arenas behind
+        [bytearray(2000) for _ in range(20000)]
+    for _ in range(3):
+        threads = [threading.Thread(target=churn) for _ in range(6)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+    faults = []
+    def job():  # the training thread: a 64 MB buffer freed and allocated again, step after step
+        for i in range(30):
+            if i == 10:
+                before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            buffer = torch.empty(64 * 2**20 // 4)
+            buffer.fill_(1.0)
+            garbage = [object() for _ in range(1000)]
+            del buffer
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+    def script():  # app.py's thread: tunes, then starts the job
+        churn()
+        if sys.argv[1] == "mallopt":
+            tune_allocator()
+        worker = threading.Thread(target=job); worker.start(); worker.join()
+    runner = threading.Thread(target=script); runner.start(); runner.join()
+    print(faults[0] // 20)
+""")
+
+
+def faults_per_step_in_a_job_thread(way: str) -> int:
+    from vgg.allocator import tuned_environ
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "VGG_MALLOC_TUNING")}
+    if way == "environment":
+        env = tuned_environ(env)
+    out = subprocess.run([sys.executable, "-c", THREADED, way], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, check=True, env=env).stdout
+    return int(out.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's tunables")
+def test_a_server_needs_the_tunables_from_its_start() -> None:
+    assert faults_per_step_in_a_job_thread("mallopt") > 10_000 // 2  # 64 MB of 4 KB pages, mapped afresh
+    assert faults_per_step_in_a_job_thread("environment") < 500
+
+
+def test_tuned_environ_keeps_other_tunables_and_can_be_turned_off() -> None:
+    from vgg.allocator import TUNABLES, tuned_environ
+
+    env = tuned_environ({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4", "X": "1"})
+    assert env["X"] == "1"
+    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.tcache_count=0:{TUNABLES}"
+    assert "GLIBC_TUNABLES" not in tuned_environ({"VGG_MALLOC_TUNING": "0"})
+
+
+def test_python_dash_m_vgg_allocator_runs_a_command_tuned() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-m", "vgg.allocator", "-c",
+                          "from vgg.allocator import started_tuned, late_notice; print(started_tuned(), late_notice())"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=True, env=env).stdout
+    assert out.split() == ["True", "None"]
+    plain = subprocess.run([sys.executable, "-c", "from vgg.allocator import late_notice; print(late_notice())"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60, check=True, env=env).stdout
+    assert "make run" in plain  # started without: the server's log says how to start it
+
+
+def test_make_run_starts_the_server_through_vgg_allocator() -> None:
+    result = subprocess.run(["make", "-n", "run"], cwd=REPO, capture_output=True, text=True)
+    assert "-m vgg.allocator -m streamlit run app.py" in result.stdout

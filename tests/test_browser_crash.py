@@ -41,6 +41,7 @@ from tests.browser import (
     wait_for_app,
 )
 from vgg import inference
+from vgg.allocator import tuned_environ
 from vgg.runs import RunStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -75,7 +76,7 @@ def server_env(base: Path) -> dict[str, str]:
         (base / folder).mkdir(parents=True, exist_ok=True)
         env[name] = str(base / folder)
     env.update(VGG_DEVICE="cpu", PYTHONUNBUFFERED="1")
-    return env
+    return tuned_environ(env)  # as make run
 
 
 def start_server(base: Path, name: str) -> Server:

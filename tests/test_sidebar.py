@@ -133,3 +133,40 @@ def test_a_watchers_timer_slows_down_when_the_class_arrives(manager, monkeypatch
     at.run()
     assert at.session_state["_interval:sidebar-jobs"] == common.watcher_interval(30)
     assert "1 running" in sidebar_text(at)
+
+
+def test_pollers_count_without_touching() -> None:
+    from ui.common import POLLER_MEMORY_S, Pollers
+
+    pollers = Pollers()
+    pollers.touch("a", now=0.0)
+    pollers.touch("b", now=1.0)
+    assert pollers.count(now=2.0) == 2
+    assert pollers.count(now=0.5 + POLLER_MEMORY_S) == 1  # "a" fell silent
+    assert pollers.touch("c", now=2.0) == 3  # counting forgot nobody
+
+
+def test_live_figures_are_shared_and_rebuilt_at_most_once_per_max_age() -> None:
+    from ui.live import LatestFigures
+
+    now = [0.0]
+    figures = LatestFigures(size=2, clock=lambda: now[0])
+    builds: list[int] = []
+
+    def build(version: int):
+        return lambda: builds.append(version) or f"figure {version}"
+
+    assert figures.get("job", 1, 2.0, build(1)) == "figure 1"
+    assert figures.get("job", 1, 2.0, build(1)) == "figure 1"  # same version: no work
+    now[0] = 1.0
+    assert figures.get("job", 2, 2.0, build(2)) == "figure 1"  # newer, but the figure is young
+    now[0] = 2.5
+    assert figures.get("job", 3, 2.0, build(3)) == "figure 3"  # old enough: rebuilt
+    assert figures.get("job", 4, 0.0, build(4)) == "figure 4"  # no max age: every version
+    assert figures.get("job", 2, 2.0, build(2)) == "figure 2"  # an older version is never served newer
+    assert figures.get("job", 4, 2.0, build(4)) == "figure 4"  # ... nor replaces the newer one
+    assert builds == [1, 3, 4, 2]
+    figures.get("other", 1, 2.0, build(1))
+    figures.get("third", 1, 2.0, build(1))
+    figures.get("job", 4, 2.0, build(4))  # evicted (two views kept): built again
+    assert builds == [1, 3, 4, 2, 1, 1, 4]

@@ -278,3 +278,63 @@ def test_training_on_the_synthetic_set_learns_far_above_chance(tmp_path):
     assert result.status == "done"
     assert result.best_val_accuracy >= 0.8, result.best_val_accuracy
     assert result.test_accuracy >= 0.7, result.test_accuracy
+
+
+def test_a_training_thread_flushes_subnormal_floats_to_zero() -> None:
+    """Adam's moments of dead units decay into subnormal floats, which the CPU multiplies slowly
+    (vgg.settings.flush_denormals): the task that trains sets flush-to-zero in its own thread."""
+    import threading
+
+    from vgg.settings import flush_denormals
+
+    tiny = torch.finfo(torch.float32).tiny  # the smallest normal float32
+    seen: dict[str, float] = {}
+    able: list[bool] = []
+
+    def probe(name: str, setup) -> None:
+        able.append(bool(setup()))
+        x = torch.full((64,), tiny, dtype=torch.float32)
+        seen[name] = float((x * 0.5).abs().max())  # a subnormal result, or 0 when flushed
+
+    def plain() -> None:
+        torch.set_flush_denormal(False)  # a thread inherits its creator's setting: start from off
+
+    for name, setup in (("plain", plain), ("flushed", flush_denormals)):
+        thread = threading.Thread(target=probe, args=(name, setup))
+        thread.start()
+        thread.join()
+    if not able[-1]:
+        pytest.skip("this CPU cannot flush subnormal floats")
+    assert seen["plain"] == pytest.approx(tiny / 2)
+    assert seen["flushed"] == 0.0
+
+
+def test_the_training_task_runs_with_subnormals_flushed(tmp_path, monkeypatch) -> None:
+    from vgg import tasks
+    from vgg.jobs import JobManager
+    from vgg.runs import RunStore
+
+    tiny = torch.finfo(torch.float32).tiny
+    flushed: list[float] = []
+    real_fit = tasks.fit
+
+    def fit(*args, **kwargs):  # called in the job's thread, after the task's first lines
+        flushed.append(float((torch.full((8,), tiny) * 0.5).abs().max()))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "fit", fit)
+    manager = JobManager()
+    task = tasks.train_task(TrainConfig(data=TINY, epochs=1, batch_size=64), tasks.DataRegistry(),
+                            RunStore(tmp_path))
+    job: list[str] = []
+
+    def submit() -> None:  # from a thread with flushing off: the job's thread inherits that
+        torch.set_flush_denormal(False)
+        job.append(manager.submit("train", "t", task))
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    thread.join()
+    snap = manager.wait(job[0], timeout=300)
+    assert snap.status.value == "done", snap.error
+    assert flushed == [0.0]

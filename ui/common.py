@@ -145,6 +145,12 @@ class Pollers:
                 del self._seen[sid]
             return len(self._seen)
 
+    def count(self, now: float | None = None) -> int:
+        """How many sessions polled recently."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return sum(1 for t in self._seen.values() if now - t <= POLLER_MEMORY_S)
+
 
 @st.cache_resource
 def pollers() -> Pollers:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from ui.common import job_manager, session_id, show_error, status_badge
+from ui.common import job_manager, pollers, session_id, show_error, status_badge, watcher_interval
 from vgg.errors import VGGError
 from vgg.jobs import JobContext, JobSnapshot, JobStatus, UnknownJobError
 
@@ -24,6 +26,9 @@ from vgg.jobs import JobContext, JobSnapshot, JobStatus, UnknownJobError
 PROBE_AUTO_MACS = 40e9
 PROBE_SMALL = 2  # images in the probe's small step
 PROBE_LARGE = 16  # and in its large one
+# While a job runs and several sessions poll, its live figures are rebuilt at most this many
+# times per watcher interval (ui.common.watcher_interval), not on every new snapshot.
+FIGURE_REBUILDS_PER_INTERVAL = 5
 
 
 def config_key(kind: str, *parts: Any) -> str:
@@ -132,20 +137,51 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def cached(name: str, stamp: Any, build: Callable[[], Any]) -> Any:
-    """``build()`` once per ``stamp`` (kept in this session's state); reruns with the same stamp reuse it."""
-    slot = st.session_state.get(f"_cache:{name}")
-    if slot is None or slot[0] != stamp:
-        slot = (stamp, build())
-        st.session_state[f"_cache:{name}"] = slot
-    return slot[1]
-
-
 def cached_figure(name: str, snap: JobSnapshot, build: Callable[[], Any], *extra: Any) -> Any:
-    """``build()`` once per (job, snapshot version, extra) for the whole server: a poll with no
-    change skips the work, and a class of 30 watching one job builds each figure once, not 30 times.
+    """The live figure of (job, ``extra``), built for the whole server: a poll with no change skips
+    the work, and a class of 30 watching one job shares each figure. While the job runs and several
+    sessions poll, a figure is rebuilt at most ``FIGURE_REBUILDS_PER_INTERVAL`` times per watcher
+    interval (a newer snapshot within that time reuses it); a finished job's figure is always exact.
     (The figure is only read afterwards: ``st.plotly_chart`` copies it.)"""
-    return shared(name, (snap.id, snap.version, extra), build)
+    sessions = pollers().count()
+    max_age = 0.0 if snap.status.finished or sessions <= 1 else (
+        watcher_interval(sessions) / FIGURE_REBUILDS_PER_INTERVAL)
+    return _latest_figures().get((name, snap.id, extra), snap.version, max_age, build)
+
+
+class LatestFigures:
+    """The newest figure of each live view with the snapshot version and time it was built
+    (thread-safe, process-wide, the ``size`` most recent views)."""
+
+    def __init__(self, size: int = 32, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[Any, tuple[int, float, Any]] = OrderedDict()
+        self._size = size
+        self._clock = clock
+
+    def get(self, key: Any, version: int, max_age: float, build: Callable[[], Any]) -> Any:
+        """The figure of ``key``: reused when built from ``version``, or less than ``max_age``
+        seconds ago from an older one; else ``build()`` (outside the lock)."""
+        now = self._clock()
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and (slot[0] == version or (slot[0] < version and now - slot[1] < max_age)):
+                self._slots.move_to_end(key)
+                return slot[2]
+        value = build()
+        with self._lock:
+            current = self._slots.get(key)
+            if current is None or current[0] <= version:  # never replace a newer one
+                self._slots[key] = (version, now, value)
+                self._slots.move_to_end(key)
+                while len(self._slots) > self._size:
+                    self._slots.popitem(last=False)
+        return value
+
+
+@st.cache_resource(show_spinner=False)
+def _latest_figures() -> LatestFigures:
+    return LatestFigures()
 
 
 def shared(name: str, stamp: Any, build: Callable[[], Any]) -> Any:

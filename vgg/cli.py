@@ -569,6 +569,7 @@ def cmd_summary(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from vgg.lr_finder import LRFinderConfig, LRFinderStep
+    from vgg.settings import flush_denormals
     from vgg.train import StatusEvent, find_lr_for
 
     dirs = _dirs(args)
@@ -588,6 +589,7 @@ def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                    f"iteration {step.iteration + 1}/{lr_cfg.num_iter} · lr {step.lr:.2e} · loss {step.loss:.3f}")
 
     def work() -> tuple[Any, DataSplits]:
+        flush_denormals()  # the thread that trains, before its first torch op
         splits = _load_splits(cfg.data, bar, cancel)
         bar.restart()
         return find_lr_for(cfg, lr_cfg, splits=splits, on_step=on_step, on_event=on_event, cancel=cancel,
@@ -638,6 +640,7 @@ def cmd_lr_find(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_train(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from vgg.settings import flush_denormals
     from vgg.train import DoneEvent, EpochEvent, StatusEvent, StepEvent, fit
 
     dirs = _dirs(args)
@@ -666,6 +669,7 @@ def cmd_train(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             bar.update(1.0, event.result.status, force=True)
 
     def work() -> tuple[Any, DataSplits]:
+        flush_denormals()  # the thread that trains, before its first torch op
         splits = _load_splits(cfg.data, bar, cancel)
         if not args.json:
             _report_data(splits, err)

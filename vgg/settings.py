@@ -55,3 +55,16 @@ def device_description(device: torch.device) -> str:
     if device.type == "mps":
         return "GPU · Apple MPS"
     return f"CPU · {torch.get_num_threads()} threads"
+
+
+def flush_denormals() -> bool:
+    """Treat subnormal floats as zero in this thread's CPU arithmetic (x86 FTZ/DAZ); True when the
+    CPU can. Call it first thing in a thread that trains, before its first parallel torch op: the
+    setting is per thread, and the OpenMP workers that thread starts later inherit it.
+
+    Without it a long CPU run slows down by more than half after a few hundred steps: Adam's first
+    moment of a weight whose gradient became exactly zero (a dead unit) decays by 0.9 per step into
+    the subnormal range (below 1.2e-38), where every multiply takes a slow microcode path. Measured
+    on one core, VGG11-BN at 32 px, batch 32: 100-128 img/s throughout with it, and from step ~650
+    on 41 img/s without. Values that small change nothing in the training."""
+    return bool(torch.set_flush_denormal(True))

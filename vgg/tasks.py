@@ -15,6 +15,7 @@ from vgg.errors import VGGError
 from vgg.jobs import JobContext
 from vgg.lr_finder import LRFinderConfig, LRFinderResult, LRFinderStep
 from vgg.runs import RunStore
+from vgg.settings import flush_denormals
 from vgg.train import DoneEvent, EpochEvent, StatusEvent, StepEvent, TrainConfig, TrainResult, find_lr_for, fit
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -92,6 +93,7 @@ def lr_find_task(cfg: TrainConfig, lr_cfg: LRFinderConfig, registry: DataRegistr
     """The LR range test; each iteration is one history item (:class:`LRFinderStep`)."""
 
     def run(ctx: JobContext) -> LRFinderJobResult:
+        flush_denormals()  # this job's thread, before its first torch op
         ctx.publish(message="loading the data set", progress=0.0)
         splits = registry.get(cfg.data, _progress_publisher(ctx))
 
@@ -116,6 +118,7 @@ def train_task(cfg: TrainConfig, registry: DataRegistry, store: RunStore) -> Cal
     """A training run written to ``store``; step and epoch events are history items."""
 
     def run(ctx: JobContext) -> TrainResult:
+        flush_denormals()  # this job's thread, before its first torch op
         ctx.publish(message="loading the data set", progress=0.0)
         splits = registry.get(cfg.data, _progress_publisher(ctx))
         ctx.publish(extra={"classes": tuple(splits.classes)})

@@ -33,7 +33,7 @@ from vgg.model import (
 )
 from vgg.jobs import describe_exception
 from vgg.resources import check_config_memory
-from vgg.settings import resolve_device, runs_dir
+from vgg.settings import flush_denormals, resolve_device, runs_dir
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("onecycle", "constant")
@@ -856,6 +856,7 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
     progress reported as StatusEvents. Errors before training starts propagate; a run that
     started always ends with a status in its folder.
     """
+    flush_denormals()  # (the callers' threads set it first thing already; this covers direct calls)
     on_event = on_event or (lambda e: None)
     cancel = cancel or threading.Event()
     if splits is None:
@@ -911,6 +912,7 @@ def find_lr_for(cfg: TrainConfig, lr_cfg: Any, *, splits: DataSplits | None = No
     """
     from vgg.lr_finder import find_lr
 
+    flush_denormals()  # as fit()
     on_event = on_event or (lambda e: None)
     if splits is None:
         on_event(StatusEvent("loading the data set"))
