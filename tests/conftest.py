@@ -58,12 +58,29 @@ def isolated_env(base: Path) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Point the data dir, runs dir and torch's cache at empty temporary folders."""
-    env = isolated_env(tmp_path_factory.mktemp("env"))
+def isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+                  request: pytest.FixtureRequest) -> Iterator[dict[str, Path]]:
+    """Point the data dir, runs dir and torch's cache at empty temporary folders.
+
+    They are removed after a test that passed (a run's checkpoints are hundreds of MB); a failed
+    test's stay for a look, as its ``tmp_path`` does (``tmp_path_retention_policy``)."""
+    base = tmp_path_factory.mktemp("env")
+    env = isolated_env(base)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return {name: Path(value) for name, value in env.items()}
+    yield {name: Path(value) for name, value in env.items()}
+    call = request.node.stash.get(REPORTS, {}).get("call")
+    if call is not None and call.passed:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """An empty folder for what one test module shares (trained runs), removed when the module is
+    done, so that the whole suite never holds more than a few runs on the disk at once."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

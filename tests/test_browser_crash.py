@@ -176,9 +176,9 @@ class Crash:
 
 
 @pytest.fixture(scope="module")
-def crash(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
+def crash(browser: Browser, module_tmp: Path) -> Iterator[Crash]:
     """Start a training from the UI, ``kill -9`` the server mid-run, start a new one on the same dirs."""
-    base = tmp_path_factory.mktemp("crash")
+    base = module_tmp
     first = start_server(base, "server-before-kill")
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(UI_TIMEOUT_MS)

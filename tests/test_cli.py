@@ -77,8 +77,8 @@ def write_png(path: Path, colour: tuple[int, int, int] = (200, 40, 40)) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return make_env(tmp_path_factory.mktemp("cli"))
+def env(module_tmp: Path) -> dict[str, str]:
+    return make_env(module_tmp)
 
 
 @pytest.fixture(scope="module")

@@ -118,9 +118,9 @@ def picture(size: tuple[int, int], seed: int = 0) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def tiny(module_tmp: Path) -> dict[str, Any]:
     """Dirs and one finished tiny run: {"dirs", "store", "run_id", "classes"}."""
-    dirs = make_dirs(tmp_path_factory.mktemp("hardening"))
+    dirs = make_dirs(module_tmp)
     store = RunStore(dirs["runs"])
     cfg = TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=64, device="cpu",
                       data=DataConfig(**TINY, data_dir=dirs["data"]))

@@ -27,8 +27,8 @@ from vgg.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, str]:
-    base = tmp_path_factory.mktemp("inference")
+def run(module_tmp: Path) -> tuple[RunStore, str]:
+    base = module_tmp
     store = RunStore(base / "runs")
     data = DataConfig(source="synthetic", input_size=32, images_per_class=20, data_dir=base / "data")
     cfg = TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=256, data=data, device="cpu")

@@ -39,9 +39,9 @@ def run_until(at: AppTest, done: Any, timeout_s: float = 60.0) -> AppTest:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def two_runs(module_tmp: Path) -> tuple[Path, list[str]]:
     """Two tiny real runs (synthetic, 20 images per class, 1 epoch), made once for this module."""
-    root = tmp_path_factory.mktemp("compare-runs")
+    root = module_tmp
     store = RunStore(root)
     ids = []
     for seed, schedule in ((0, "onecycle"), (1, "constant")):

@@ -27,8 +27,8 @@ PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "evaluate.py")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    base = tmp_path_factory.mktemp("evaluate")
+def trained(module_tmp: Path) -> tuple[Path, str]:
+    base = module_tmp
     data = DataConfig(source="synthetic", input_size=32, images_per_class=20, data_dir=base / "data")
     result = fit(
         TrainConfig(config="A", batch_norm=True, epochs=1, batch_size=256, data=data, device="cpu"),

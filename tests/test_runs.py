@@ -229,6 +229,53 @@ def test_too_little_free_space_is_refused_before_writing(store: RunStore,
     assert not (writer.path / "last.pt").exists() and leftovers(writer.path) == []
 
 
+def test_best_after_a_best_epoch_is_a_link_to_last_not_a_second_copy(store: RunStore) -> None:
+    writer = store.create(CONFIG, name="link")
+    writer.save_checkpoint("last", tiny_state(1), {"epoch": 1})
+    writer.copy_checkpoint("last", "best")
+    best, last = writer.path / "best.pt", writer.path / "last.pt"
+    assert best.stat().st_ino == last.stat().st_ino and last.stat().st_nlink == 2
+    assert_same_state(store.load_checkpoint(writer.run_id, "best")["model"], tiny_state(1))
+    # The next epoch replaces last.pt; best.pt keeps the first epoch's weights.
+    writer.save_checkpoint("last", tiny_state(2), {"epoch": 2})
+    assert best.stat().st_ino != last.stat().st_ino and best.stat().st_nlink == 1
+    assert_same_state(store.load_checkpoint(writer.run_id, "best")["model"], tiny_state(1))
+    assert store.load_checkpoint(writer.run_id, "best")["meta"]["epoch"] == 1
+    assert_same_state(store.load_checkpoint(writer.run_id, "last")["model"], tiny_state(2))
+    assert leftovers(writer.path) == []
+
+
+def test_without_hard_links_best_is_copied_and_a_failed_copy_keeps_the_old_best(
+        store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = store.create(CONFIG, name="no-links")
+    writer.save_checkpoint("best", tiny_state(0), {"epoch": 1})
+    writer.save_checkpoint("last", tiny_state(1), {"epoch": 2})
+
+    def no_links(src: Any, dst: Any) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(runs_module.os, "link", no_links)
+    real_copy = runs_module.shutil.copyfile
+
+    def full_disk_copy(src: Any, dst: Any) -> None:
+        Path(dst).write_bytes(b"half")
+        raise enospc()
+
+    monkeypatch.setattr(runs_module.shutil, "copyfile", full_disk_copy)
+    with pytest.raises(CheckpointError, match="could not write best.pt .*No space left on device"):
+        writer.copy_checkpoint("last", "best")
+    assert leftovers(writer.path) == []
+    assert_same_state(store.load_checkpoint(writer.run_id, "best")["model"], tiny_state(0))
+
+    monkeypatch.setattr(runs_module.shutil, "copyfile", real_copy)
+    writer.copy_checkpoint("last", "best")
+    best, last = writer.path / "best.pt", writer.path / "last.pt"
+    assert best.stat().st_ino != last.stat().st_ino
+    assert_same_state(store.load_checkpoint(writer.run_id, "best")["model"], tiny_state(1))
+    with pytest.raises(ConfigError, match="unknown checkpoint 'worst'"):
+        writer.copy_checkpoint("last", "worst")  # type: ignore[arg-type]
+
+
 class WritesMarker:
     """Unpickling this calls ``open(marker, "w")``: code execution that must never happen."""
 

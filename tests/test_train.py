@@ -38,9 +38,9 @@ def tiny_splits():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_splits):
+def tiny_run(module_tmp, tiny_splits):
     """One tiny run (synthetic, 20 images per class, 1 epoch) shared by the tests below."""
-    store = RunStore(tmp_path_factory.mktemp("runs"))
+    store = RunStore(module_tmp)
     events: list = []
     cfg = TrainConfig(data=TINY, epochs=1, batch_size=64)
     result = fit(cfg, store=store, splits=tiny_splits, on_event=events.append)

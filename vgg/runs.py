@@ -389,6 +389,36 @@ class RunWriter:
         _save_torch(path, payload, self.run_id)
         return path
 
+    def copy_checkpoint(self, source: CheckpointName, target: CheckpointName) -> Path:
+        """Make ``target``.pt the same file as ``source``.pt (best = last after a best epoch).
+
+        A hard link where the file system has them (no second 500 MB file on the disk), else a
+        copy; either way through a temporary name and ``os.replace``, so ``target`` is the old
+        file or the new one, never half of one. Checkpoints are only ever replaced, never
+        written in place, so the next ``save_checkpoint(source)`` leaves ``target`` as it is.
+        """
+        for name in (source, target):
+            if name not in CHECKPOINT_NAMES:
+                raise ConfigError(f"unknown checkpoint {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
+        src, path = self.path / f"{source}.pt", self.path / f"{target}.pt"
+        tmp = _temp_path(path)
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                logger.warning("could not remove the temporary file %s", tmp)
+            raise _write_failure(path.name, self.run_id, exc) from exc
+        _fsync_dir(path.parent)
+        return path
+
     def save_predictions(self, predictions: Mapping[str, Any]) -> Path:
         """Write the test-set predictions (labels, probabilities, hidden, indices, ...) atomically."""
         path = self.path / PREDICTIONS_FILE

@@ -761,7 +761,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.save_checkpoint("last", state, meta)
                 if is_best:
-                    self.writer.save_checkpoint("best", state, meta)
+                    self.writer.copy_checkpoint("last", "best")
             if is_best:
                 self.best_val_loss, self.best_val_accuracy = val.loss, val.accuracy
                 # On the CPU ``state`` shares the live weights: keep a copy unless best.pt holds it.
