@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from ui.shell import ensure_app_shell
 from vgg import summary
 from vgg.errors import VGGError
 from vgg.figures import architecture as figures
@@ -41,6 +42,7 @@ def model_ui() -> tuple[str, bool, int, int]:
     return config, batch_norm, int(size), int(classes)
 
 
+ensure_app_shell()
 st.title("Architecture")
 lesson("intro")
 config, batch_norm, input_size, num_classes = model_ui()

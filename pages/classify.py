@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from ui.common import run_store, show_error, status_badge
+from ui.shell import ensure_app_shell
 from vgg import inference
 from vgg.errors import VGGError
 from vgg.figures import classify as figures
@@ -169,6 +170,7 @@ def imagenet_note(loaded: inference.LoadedModel) -> str:
     )
 
 
+ensure_app_shell()
 st.title("Classify")
 st.markdown(lesson("intro"))
 info = run_ui()

@@ -13,6 +13,7 @@ from ui.common import (
     session_id, show_error, watcher_pace,
 )
 from ui.live import job_header, shared
+from ui.shell import ensure_app_shell
 from vgg import compare
 from vgg.data import CIFAR10_CLASSES
 from vgg.errors import VGGError
@@ -203,6 +204,7 @@ def race_section() -> None:
     race_view()
 
 
+ensure_app_shell()
 st.title("Compare")
 lesson("intro")
 runs = run_store().list_runs()

@@ -10,6 +10,7 @@ import streamlit as st
 from ui.common import (
     current_data, data_label, data_registry, image_folders, set_current_data, show_data_loading,
 )
+from ui.shell import ensure_app_shell
 from vgg import data as vdata
 from vgg.data import DataConfig, DataSplits
 from vgg.errors import VGGError
@@ -145,6 +146,7 @@ def show(splits: DataSplits) -> None:
     normalisation(splits)
 
 
+ensure_app_shell()
 st.title("Data")
 lesson("intro")
 cfg = source_ui(current_data())

@@ -19,6 +19,7 @@ from ui.common import (
     show_error,
     status_badge,
 )
+from ui.shell import ensure_app_shell
 from vgg import analysis, inference
 from vgg.data import DataConfig, TensorData
 from vgg.errors import VGGError
@@ -317,6 +318,7 @@ def downloads_section(info: RunInfo, table: Any) -> None:
     )
 
 
+ensure_app_shell()
 st.title("Evaluate")
 lesson("intro")
 info = run_ui()

@@ -29,6 +29,7 @@ from ui.live import (
     submit_job,
     watched_job,
 )
+from ui.shell import ensure_app_shell
 from vgg.errors import VGGError
 from vgg.figures import training as figures
 from vgg.jobs import JobSnapshot, UnknownJobError
@@ -143,6 +144,7 @@ def results(snap: JobSnapshot) -> None:
                    "minimum.")
 
 
+ensure_app_shell()
 st.title("LR finder")
 lesson("intro")
 data = current_data()

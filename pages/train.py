@@ -40,6 +40,7 @@ from ui.live import (
     submit_job,
     watched_job,
 )
+from ui.shell import ensure_app_shell
 from vgg.errors import VGGError
 from vgg.figures import training as figures
 from vgg.jobs import JobSnapshot, UnknownJobError
@@ -300,6 +301,7 @@ def freeze_ui() -> None:
               delta_color="off")
 
 
+ensure_app_shell()
 st.title("Train")
 lesson("intro")
 data = current_data()

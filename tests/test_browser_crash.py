@@ -35,6 +35,7 @@ from tests.browser import (
     ARTIFACTS,
     assert_no_exception,
     goto_page,
+    nav_links,
     open_app,
     run_and_wait,
     screenshot,
@@ -52,6 +53,7 @@ TRAINING_S = 400.0  # until the first epoch's checkpoint, on a loaded machine
 UI_TIMEOUT_MS = 120_000
 COMMAND_TIMEOUT_S = 240
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
+SIDEBAR = '[data-testid="stSidebar"]'
 
 
 # --------------------------------------------------------------------------------------- a server of our own
@@ -234,6 +236,14 @@ def test_killed_run_is_interrupted_with_its_metrics_and_checkpoint(crash: Crash)
 
 def test_restarted_app_lists_the_run_as_interrupted_and_evaluates_it(crash: Crash, page: Page) -> None:
     server = crash.server
+    # The first visitor of the restarted server comes back by the page's own address (a tab that
+    # reconnects, a shared link): the page still runs inside the app, with its sidebar.
+    page.goto(server.url + "evaluate")
+    wait_for_app(page, UI_TIMEOUT_MS)
+    assert nav_links(page) == ["Architecture", "Data", "LR finder", "Train", "Compare", "Evaluate",
+                               "Classify"]
+    expect(page.locator(SIDEBAR).get_by_text("Device:")).to_be_visible()
+    expect(page.get_by_role("heading", name="Evaluate", exact=True)).to_be_visible()
     goto_page(page, server.url, "Evaluate", UI_TIMEOUT_MS)
     run_box = page.get_by_role("combobox", name="Run", exact=True)
     listed = re.compile(rf"{re.escape(crash.run_id)} · interrupted")
