@@ -29,6 +29,7 @@ PAGES = (
     ("evaluate.py", "Evaluate", ":material/fact_check:"),
     ("classify.py", "Classify", ":material/image_search:"),
 )
+LIVE_PAGES = {"LR finder", "Train", "Compare"}  # pages that show the running job themselves
 
 
 @st.cache_resource
@@ -37,8 +38,8 @@ def device_label() -> str:
     return device_description(default_device())
 
 
-def sidebar_status() -> None:
-    """Device and data set in use, shown on every page."""
+def sidebar_status(page_title: str) -> None:
+    """Device and data set in use, and the job list, shown on every page."""
     with st.sidebar:
         try:
             st.markdown(f":material/memory: **Device:** {device_label()}")
@@ -46,7 +47,7 @@ def sidebar_status() -> None:
             st.error(str(error))
         dataset = st.session_state.get("dataset_label", "synthetic")
         st.markdown(f":material/dataset: **Data set:** {dataset}")
-        sidebar_jobs()
+        sidebar_jobs(page_shows_jobs=page_title in LIVE_PAGES)
 
 
 def no_pages_yet() -> None:
@@ -60,5 +61,5 @@ pages = [
     if (PAGES_DIR / file).exists()
 ]
 page = st.navigation(pages or [st.Page(no_pages_yet, title="VGG classroom")])
-sidebar_status()
+sidebar_status(page.title)
 page.run()

@@ -170,3 +170,50 @@ def test_live_figures_are_shared_and_rebuilt_at_most_once_per_max_age() -> None:
     figures.get("third", 1, 2.0, build(1))
     figures.get("job", 4, 2.0, build(4))  # evicted (two views kept): built again
     assert builds == [1, 3, 4, 2, 1, 1, 4]
+
+
+def live_page_sidebar_script() -> None:
+    import streamlit as st
+
+    from ui.sidebar import sidebar_jobs
+
+    with st.sidebar:
+        sidebar_jobs(page_shows_jobs=True)
+
+
+def test_on_a_page_with_its_own_live_view_the_job_list_polls_three_times_slower(manager) -> None:
+    import ui.common as common
+    from ui.sidebar import SLOWER_ON_LIVE_PAGES
+
+    started = threading.Event()
+    manager.submit("train", "Someone's training", blocking_job(started), owner="someone-else")
+    assert started.wait(10)
+    plain = AppTest.from_function(sidebar_script).run()
+    live = AppTest.from_function(live_page_sidebar_script).run()
+    assert not plain.exception and not live.exception
+    assert plain.session_state["_interval:sidebar-jobs"] == common.WATCHER_INTERVAL_S
+    assert live.session_state["_interval:sidebar-jobs"] == SLOWER_ON_LIVE_PAGES * common.WATCHER_INTERVAL_S
+    live.run()  # its next poll keeps that pace (no rerun of the whole app to "correct" it)
+    assert live.session_state["_interval:sidebar-jobs"] == SLOWER_ON_LIVE_PAGES * common.WATCHER_INTERVAL_S
+    assert "1 running" in sidebar_text(live)
+
+
+def test_an_owner_polls_every_second_only_once_its_job_runs(manager) -> None:
+    """30 pupils who clicked Start wait in the queue: they poll at the watchers' pace, not every
+    second, until their own job starts."""
+    import ui.common as common
+
+    first, second = threading.Event(), threading.Event()
+    at = AppTest.from_function(sidebar_script).run()
+    at.session_state["session_id"] = "me-123"
+    ahead = manager.submit("train", "Someone's training", blocking_job(first), owner="someone-else")
+    mine = manager.submit("train", "My training", blocking_job(second), owner="me-123")
+    assert first.wait(10)
+    at.run()
+    assert manager.snapshot(mine).status is JobStatus.QUEUED
+    assert at.session_state["_interval:sidebar-jobs"] == common.WATCHER_INTERVAL_S
+    manager.cancel(ahead)
+    assert second.wait(10)
+    at.run()  # the poll sees its own job running: the whole app reruns to register the 1 s timer
+    assert at.session_state["_interval:sidebar-jobs"] == common.OWNER_INTERVAL_S
+    assert "**My training** · *yours*" in sidebar_text(at)

@@ -167,25 +167,29 @@ def watcher_pace() -> float:
     return watcher_interval(pollers().touch(session_id()))
 
 
-def poll_interval(snapshots: list[JobSnapshot], key: str | None = None) -> float | None:
+def poll_interval(snapshots: list[JobSnapshot], key: str | None = None, *, slower: float = 1.0) -> float | None:
     """How often a live view reruns: None when nothing runs (the timer stops). The owner of a
-    running job: every second; everyone else: ``watcher_interval`` of the sessions polling now.
-    With ``key`` (the fragment's), the interval is remembered for ``rerun_when_finished``."""
+    running job: every second; everyone else, and an owner whose job still waits in the queue:
+    ``watcher_interval`` of the sessions polling now. ``slower`` multiplies that (the sidebar's job
+    list on a page that shows the job itself). With ``key`` (the fragment's), the interval is
+    remembered for ``rerun_when_finished``."""
     active = [s for s in snapshots if not s.status.finished]
     interval = None
     if active:
         pace = watcher_pace()
-        mine = any(s.owner == session_id() for s in active)
-        interval = OWNER_INTERVAL_S if mine else pace
+        running_mine = any(s.owner == session_id() and s.status is JobStatus.RUNNING for s in active)
+        interval = (OWNER_INTERVAL_S if running_mine else pace) * slower
     if key is not None:
         st.session_state[f"_interval:{key}"] = interval
+        st.session_state[f"_slower:{key}"] = slower
     return interval
 
 
 def rerun_when_finished(key: str, snapshots: list[JobSnapshot]) -> None:
     """Call from a live fragment (registered with ``poll_interval(..., key)``) on every rerun: a
     full rerun once the watched jobs finish, so the timer stops, and when the class watching grew
-    or shrank so much that the timer should run at half or twice its pace."""
+    or shrank so much that the timer should run at half or twice its pace (or this session's
+    queued job started: its owner then polls every second)."""
     active = any(not s.status.finished for s in snapshots)
     was_active = st.session_state.get(f"_active:{key}", False)
     st.session_state[f"_active:{key}"] = active
@@ -193,7 +197,7 @@ def rerun_when_finished(key: str, snapshots: list[JobSnapshot]) -> None:
         st.rerun(scope="app")
     registered = st.session_state.get(f"_interval:{key}")
     if active and registered:
-        wanted = poll_interval(snapshots)
+        wanted = poll_interval(snapshots, slower=st.session_state.get(f"_slower:{key}", 1.0))
         if wanted is not None and not registered / 2 < wanted < registered * 2:
             st.rerun(scope="app")  # registers the fragment again with the new pace
 

@@ -12,6 +12,9 @@ from ui.common import job_manager, poll_interval, rerun_when_finished, session_i
 from ui.live import cancel_job
 from vgg.jobs import JobSnapshot, JobStatus
 
+# The list's pace on a page with a live view of its own, as a multiple of that view's pace.
+SLOWER_ON_LIVE_PAGES = 3.0
+
 
 def job_line(snap: JobSnapshot) -> str:
     """One Markdown line: status badge, title, and whose it is."""
@@ -30,14 +33,18 @@ def draw_job(snap: JobSnapshot) -> None:
               on_click=cancel_job, args=(snap.id,))
 
 
-def sidebar_jobs() -> None:
+def sidebar_jobs(*, page_shows_jobs: bool = False) -> None:
     """Running and queued jobs of the shared job manager, with progress and a Stop button each.
 
-    Call inside ``with st.sidebar:`` (a fragment cannot write outside its own container).
+    Call inside ``with st.sidebar:`` (a fragment cannot write outside its own container). With
+    ``page_shows_jobs`` (the page has a live view of its own: Train, LR finder, Compare), the list
+    polls ``SLOWER_ON_LIVE_PAGES`` times less often: a watcher's browser then redraws one live
+    fragment per interval instead of two.
     """
     active = job_manager().active()
+    slower = SLOWER_ON_LIVE_PAGES if page_shows_jobs else 1.0
 
-    @st.fragment(run_every=poll_interval(active, "sidebar-jobs"))
+    @st.fragment(run_every=poll_interval(active, "sidebar-jobs", slower=slower))
     def jobs() -> None:
         snaps = job_manager().active()
         rerun_when_finished("sidebar-jobs", snaps)
