@@ -18,11 +18,12 @@ Phases (each bounded, the whole script by ``--total``):
    of fragment reruns (counted in each tab from its script-state changes); the server's CPU that
    went to the sessions is its total CPU minus that of the training's threads (identified in
    phase 2 as the threads that worked while nobody watched);
-5. every context on the Train page with its own settings (epochs) clicks Start at once: jobs
+5. the watchers leave; nobody watching again for a last window: the drop is also measured
+   against the mean of this window and the baseline's (a shared machine drifts);
+6. "everyone, click Start": the watched training is stopped with its Stop button, N fresh
+   contexts open the Train page, each sets its own epochs, and all click Start at once: jobs
    running / queued / refused (past ``--max-queue``), and the server's resident memory before and
-   after;
-6. the contexts closed, nobody watching again: the drop is measured against the mean of this
-   window and the baseline's.
+   after.
 
 The last lines printed are the summary. Usage::
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import re
@@ -365,11 +367,26 @@ async def rerun(page: Any, action: Any, timeout_s: float = PHASE_S) -> None:
     await wait_idle(page, timeout_s)
 
 
+RETRIES: list[str] = []  # set_number calls that needed a second try (printed in the summary)
+
+
 async def set_number(page: Any, key: str, value: int, timeout_s: float = PHASE_S) -> None:
-    """Type ``value`` into the number input with widget key ``key`` and wait for the rerun."""
+    """Type ``value`` into the number input with widget key ``key`` and wait for the rerun.
+
+    On a starved browser an edit sometimes caused no rerun (the value was typed while the page
+    was still being drawn, and then drawn over): a try that caused none within 20 s is repeated,
+    up to three times."""
     field = page.locator(f".st-key-{key} input")
-    await field.fill(str(value), timeout=timeout_s * 1000)
-    await rerun(page, lambda: field.press("Enter", timeout=timeout_s * 1000), timeout_s)
+    for attempt in range(3):
+        await field.fill(str(value), timeout=timeout_s * 1000)
+        try:
+            await rerun(page, lambda: field.press("Enter", timeout=timeout_s * 1000),
+                        20.0 if attempt < 2 else timeout_s)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            RETRIES.append(key)
 
 
 async def open_page(context: Any, url: str) -> tuple[Any, float]:
@@ -398,6 +415,10 @@ class Results:
     exceptions: int = 0
     error_alerts: int = 0
     clicks: int = 0
+    click_renders: list[float] = field(default_factory=list)  # fresh Train pages, nothing running
+    stopped_status: str = ""
+    exceptions_clicks: int = 0
+    error_alerts_clicks: int = 0
     running: int | None = None
     queued: int | None = None
     refused: int = 0
@@ -466,28 +487,55 @@ async def open_watchers(browser: Any, server: Server, n: int, wave: int, seconds
     return opened
 
 
-async def thirty_clicks(pages: list[Any], server: Server, res: Results) -> None:
-    """Every page to the Train page with its own epochs, then all click Start at once."""
-    async def prepare(i: int, page: Any) -> Any:
+async def stop_training(browser: Any, server: Server, run: Path, timeout_s: float = PHASE_S) -> str:
+    """Stop the watched training with the sidebar's Stop button, as anyone in the class may;
+    returns the run's status once it left "running"."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page, _ = await open_page(context, server.url + "train")
+        stop = page.locator(SIDEBAR).get_by_role("button", name="Stop")
+        await stop.first.click(timeout=timeout_s * 1000)
+        # Until the job has left the server's job list (its run's status is written a little
+        # earlier): fresh pages must not find a live view to watch.
+        await page.wait_for_function(
+            "s => (document.querySelector(s) || {innerText: ''}).innerText.includes('No jobs running')",
+            arg=SIDEBAR, timeout=timeout_s * 1000)
+        return run_status(run)
+    finally:
+        await context.close()
+
+
+def run_status(run: Path) -> str:
+    try:
+        return str(json.loads((run / "status.json").read_text())["status"])
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+async def thirty_clicks(browser: Any, server: Server, n: int, wave: int, res: Results) -> list[Any]:
+    """``n`` fresh contexts on the Train page, each with its own epochs (distinct settings are
+    distinct jobs), then every Start button clicked at once. Returns the contexts (to close)."""
+    contexts = [await browser.new_context(viewport={"width": 1280, "height": 800}) for _ in range(n)]
+
+    async def prepare(i: int, context: Any) -> Any:
         try:
-            if not page.url.rstrip("/").endswith("/train"):
-                await page.goto(server.url + "train", wait_until="commit", timeout=PHASE_S * 1000)
-                await wait_idle(page)
-            await set_number(page, "train-epochs", 2 + i)  # distinct settings: distinct jobs
+            page, seconds = await open_page(context, server.url + "train")
+            res.click_renders.append(seconds)
+            await set_number(page, "train-epochs", 2 + i)
             return page
         except Exception as error:
             log(f"context {i} could not be prepared: {str(error).splitlines()[0]}")
             return None
 
     ready = []
-    for first in range(0, len(pages), 5):
-        ready += await asyncio.gather(*(prepare(i, p) for i, p in enumerate(pages[first:first + 5], first)))
+    for first in range(0, n, wave):
+        ready += await asyncio.gather(*(prepare(i, c) for i, c in enumerate(contexts[first:first + wave], first)))
+        log(f"{sum(p is not None for p in ready)} of {n} Train pages ready for the click")
     ready = [p for p in ready if p is not None]
     res.rss_before = rss_bytes(server.pid)
     if not ready:
-        res.notes.append("no session could be prepared for the Start clicks "
-                         "(the server did not answer in time)")
-        return
+        res.notes.append("no session could be prepared for the Start clicks")
+        return contexts
     for page in ready:
         await page.evaluate(WATCH_STATE)
     start = time.monotonic()
@@ -501,6 +549,7 @@ async def thirty_clicks(pages: list[Any], server: Server, res: Results) -> None:
     texts = await asyncio.gather(*(page.locator(ERROR_ALERT).all_inner_texts() for page in ready),
                                  return_exceptions=True)
     res.refused = sum(1 for t in texts if isinstance(t, list) and any("queue is full" in x for x in t))
+    res.error_alerts_clicks = sum(1 for t in texts if isinstance(t, list) and t) - res.refused
     yours = await asyncio.gather(*(page.get_by_text("yours", exact=False).count() for page in ready),
                                  return_exceptions=True)
     res.accepted_pages = sum(1 for c in yours if isinstance(c, int) and c > 0)
@@ -520,7 +569,8 @@ async def thirty_clicks(pages: list[Any], server: Server, res: Results) -> None:
         res.running, res.queued = int(match.group(1)), int(match.group(2))
         res.sidebar_line = match.group(0)
     res.rss_after = rss_bytes(server.pid)
-    res.exceptions = max(res.exceptions, await count_on_pages(ready, EXCEPTION))
+    res.exceptions_clicks = await count_on_pages(ready, EXCEPTION)
+    return contexts
 
 
 async def main_async(args: argparse.Namespace, res: Results) -> None:
@@ -582,26 +632,30 @@ async def main_async(args: argparse.Namespace, res: Results) -> None:
                 if args.rounds:
                     log(f"{args.rounds} rounds of {args.window:.0f} s with the browsers frozen, then running")
                     await interleaved(server, metrics, args.window, args.rounds, res)
-                if time.monotonic() - t_start < args.total - PHASE_S:
-                    # The throughput is measured; the clicks count jobs and memory. Contexts that never
-                    # rendered only hold the browser's CPU, and the browser may use every CPU now.
-                    for context, page in opened:
-                        if page is None:
-                            await context.close()
-                    everything = set(range(os.cpu_count() or 1))
-                    set_affinity(descendants(os.getpid(), exclude=server.pid) | {os.getpid()}, everything)
-                    log(f"Start clicks from {len(pages)} sessions; Chromium now on every CPU")
-                    try:
-                        await asyncio.wait_for(thirty_clicks(pages, server, res), PHASE_S * 3)
-                    except TimeoutError:
-                        res.notes.append(f"the Start-click phase ran out of its {PHASE_S * 3:.0f} s")
-                else:
-                    res.notes.append("Start-click phase skipped: the time budget was spent")
+                # The throughput is measured: the watchers leave, and nobody watches for a last window.
                 await asyncio.gather(*(context.close() for context, _ in opened), return_exceptions=True)
                 if time.monotonic() - t_start < args.total - args.window:  # the machine may have drifted
                     log(f"nobody watching again: a last window of {args.window:.0f} s")
                     res.after = await asyncio.to_thread(measure_window, server, metrics, args.window)
                     log(f"after: {res.after.steps} steps, median {res.after.median_ips:.1f} img/s")
+                if time.monotonic() - t_start < args.total - 3 * PHASE_S:
+                    # "Everyone, click Start": the class's own trainings, in fresh tabs, once the
+                    # watched one is stopped (its Stop button). Chromium may use every CPU now.
+                    res.stopped_status = await stop_training(browser, server, run)
+                    log(f"the watched training was stopped: {res.stopped_status}")
+                    everything = set(range(os.cpu_count() or 1))
+                    os.sched_setaffinity(0, everything)
+                    set_affinity(descendants(os.getpid(), exclude=server.pid) | {os.getpid()}, everything)
+                    log(f"Start clicks from {args.contexts} fresh sessions; Chromium now on every CPU")
+                    clicking: list[Any] = []
+                    try:
+                        clicking = await asyncio.wait_for(
+                            thirty_clicks(browser, server, args.contexts, args.wave, res), PHASE_S * 4)
+                    except TimeoutError:
+                        res.notes.append(f"the Start-click phase ran out of its {PHASE_S * 4:.0f} s")
+                    await asyncio.gather(*(c.close() for c in clicking), return_exceptions=True)
+                else:
+                    res.notes.append("Start-click phase skipped: the time budget was spent")
             finally:
                 await browser.close()
     except Exception as error:  # the summary still shows what was measured before
@@ -695,12 +749,20 @@ def summary(res: Results, args: argparse.Namespace) -> str:
                         if res.server_cpus != res.browser_cpus else
                         f", at nice {args.browser_nice}, competing with the training"))
     lines.append(f"sessions showing an exception element: {res.exceptions}; error alerts: {res.error_alerts}")
+    if res.click_renders:
+        lines.append(f"Start-click phase (the watched training {res.stopped_status or 'not stopped'}): "
+                     f"{len(res.click_renders)} fresh Train pages rendered, p95 {p95(res.click_renders):.1f} s, "
+                     f"median {statistics.median(res.click_renders):.1f} s")
     if res.clicks:
+        lines.append(f"after the clicks: exception elements {res.exceptions_clicks}, error alerts other "
+                     f"than 'queue is full' {res.error_alerts_clicks}")
         lines.append(f"Start clicks: {res.clicks} at once -> running {res.running}, queued {res.queued}, "
                      f"refused with 'queue is full' {res.refused}; pages showing a job of theirs "
                      f"{res.accepted_pages} (sidebar: '{res.sidebar_line}')")
         lines.append(f"server RSS: {res.rss_start / 1e6:.0f} MB at start, "
                      f"{res.rss_before / 1e6:.0f} MB before the clicks, {res.rss_after / 1e6:.0f} MB after")
+    if RETRIES:
+        lines.append(f"number inputs typed again after an edit that caused no rerun: {len(RETRIES)}")
     for note in res.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
