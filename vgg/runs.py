@@ -280,6 +280,13 @@ def _write_failure(file_name: str, run_id: str, exc: BaseException) -> Checkpoin
                            "the previous file is kept")
 
 
+def _checkpoint_file(name: CheckpointName) -> str:
+    """``best.pt`` or ``last.pt``; any other name → ConfigError naming the choices."""
+    if name not in CHECKPOINT_NAMES:
+        raise ConfigError(f"unknown checkpoint {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
+    return f"{name}.pt"
+
+
 def _tensor_bytes(value: Any) -> int:
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
@@ -381,11 +388,9 @@ class RunWriter:
 
         A failure (a full disk) raises ``CheckpointError`` and leaves the previous file intact.
         """
-        if name not in CHECKPOINT_NAMES:
-            raise ConfigError(f"unknown checkpoint {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
+        path = self.path / _checkpoint_file(name)
         payload = {"format": CHECKPOINT_FORMAT, "model": dict(model_state),
                    "meta": _jsonable(dict(meta or {}))}
-        path = self.path / f"{name}.pt"
         _save_torch(path, payload, self.run_id)
         return path
 
@@ -397,10 +402,7 @@ class RunWriter:
         file or the new one, never half of one. Checkpoints are only ever replaced, never
         written in place, so the next ``save_checkpoint(source)`` leaves ``target`` as it is.
         """
-        for name in (source, target):
-            if name not in CHECKPOINT_NAMES:
-                raise ConfigError(f"unknown checkpoint {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
-        src, path = self.path / f"{source}.pt", self.path / f"{target}.pt"
+        src, path = self.path / _checkpoint_file(source), self.path / _checkpoint_file(target)
         tmp = _temp_path(path)
         try:
             try:
@@ -485,9 +487,7 @@ class RunStore:
 
     def checkpoint_path(self, run_id: str, which: CheckpointName = "best") -> Path:
         """Where ``best.pt`` / ``last.pt`` of a run is (whether or not it exists yet)."""
-        if which not in CHECKPOINT_NAMES:
-            raise ConfigError(f"unknown checkpoint {which!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
-        return self.run_path(run_id) / f"{which}.pt"
+        return self.run_path(run_id) / _checkpoint_file(which)
 
     # ---------------------------------------------------------------- writing
 
