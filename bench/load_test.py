@@ -359,11 +359,49 @@ async def wait_idle(page: Any, timeout_s: float = PHASE_S) -> None:
     await page.wait_for_selector(APP_IDLE, state="attached", timeout=timeout_s * 1000)
 
 
+class Frames:
+    """Websocket messages a tab received from the server (counted from before its first load).
+
+    A rerun that the server did is proven by messages arriving after the action: on a starved
+    browser the page can draw a whole rerun in one go, and its script state then never shows
+    "running" (a tab whose elements appear 10-20 s after it said "notRunning" was seen)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.arrived = asyncio.Event()
+
+    def received(self, _payload: Any) -> None:
+        self.count += 1
+        self.arrived.set()
+
+    async def after(self, count: int, timeout_s: float) -> None:
+        """Until more than ``count`` messages arrived."""
+        async def more() -> None:
+            while self.count <= count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(more(), timeout_s)
+
+
+FRAMES: dict[int, Frames] = {}  # by id() of the tab
+
+
+def count_frames(page: Any) -> Frames:
+    frames = FRAMES[id(page)] = Frames()
+    page.on("websocket", lambda ws: ws.on("framereceived", frames.received))
+    return frames
+
+
 async def rerun(page: Any, action: Any, timeout_s: float = PHASE_S) -> None:
-    """Do ``action`` and wait for the rerun it causes to start and end."""
+    """Do ``action`` and wait for the rerun it causes: the server's messages, then the page idle."""
+    frames = FRAMES.get(id(page))
+    before = frames.count if frames is not None else 0
     await page.evaluate(WATCH_STATE)
     await action()
-    await page.wait_for_function("() => window.__changes > 0", timeout=timeout_s * 1000)
+    if frames is not None:
+        await frames.after(before, timeout_s)
+    else:
+        await page.wait_for_function("() => window.__changes > 0", timeout=timeout_s * 1000)
     await wait_idle(page, timeout_s)
 
 
@@ -373,15 +411,18 @@ RETRIES: list[str] = []  # set_number calls that needed a second try (printed in
 async def set_number(page: Any, key: str, value: int, timeout_s: float = PHASE_S) -> None:
     """Type ``value`` into the number input with widget key ``key`` and wait for the rerun.
 
-    On a starved browser an edit sometimes caused no rerun (the value was typed while the page
-    was still being drawn, and then drawn over): a try that caused none within 20 s is repeated,
-    up to three times."""
+    Now and then the server answers a page's first edit with no rerun (seen most on the first page
+    after a restart, and on a starved browser). A try that caused none within 20 s is repeated, up
+    to three times: the field is emptied first, since typing the value it already shows changes
+    nothing, and Enter then sends nothing either."""
     field = page.locator(f".st-key-{key} input")
     for attempt in range(3):
+        if attempt:
+            await field.fill("", timeout=timeout_s * 1000)
         await field.fill(str(value), timeout=timeout_s * 1000)
         try:
             await rerun(page, lambda: field.press("Enter", timeout=timeout_s * 1000),
-                        20.0 if attempt < 2 else timeout_s)
+                        20.0 if attempt < 2 else min(timeout_s, 30.0))
             return
         except Exception:
             if attempt == 2:
@@ -392,6 +433,7 @@ async def set_number(page: Any, key: str, value: int, timeout_s: float = PHASE_S
 async def open_page(context: Any, url: str) -> tuple[Any, float]:
     """A new tab on ``url``; returns it and the seconds until its script first finished."""
     page = await context.new_page()
+    count_frames(page)
     start = time.monotonic()
     await page.goto(url, wait_until="commit", timeout=PHASE_S * 1000)
     await wait_idle(page)
@@ -433,6 +475,12 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text, or its type when it has none (a bare TimeoutError)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))] if ordered else float("nan")
@@ -471,7 +519,7 @@ async def open_watchers(browser: Any, server: Server, n: int, wave: int, seconds
             page, seconds = await open_page(context, server.url + path)
         except Exception as error:  # a timeout under load is a result, not a crash of the bench
             res.render_failures += 1
-            log(f"context {i} ({path or 'architecture'}) did not render: {str(error).splitlines()[0]}")
+            log(f"context {i} ({path or 'architecture'}) did not render: {first_line(error)}")
             return context, None
         res.renders.append(seconds)
         return context, page
@@ -521,10 +569,10 @@ async def thirty_clicks(browser: Any, server: Server, n: int, wave: int, res: Re
         try:
             page, seconds = await open_page(context, server.url + "train")
             res.click_renders.append(seconds)
-            await set_number(page, "train-epochs", 2 + i)
+            await set_number(page, "train-epochs", 3 + i)  # 2 is the field's default: typing it changes nothing
             return page
         except Exception as error:
-            log(f"context {i} could not be prepared: {str(error).splitlines()[0]}")
+            log(f"context {i} could not be prepared: {first_line(error)}")
             return None
 
     ready = []
@@ -536,15 +584,14 @@ async def thirty_clicks(browser: Any, server: Server, n: int, wave: int, res: Re
     if not ready:
         res.notes.append("no session could be prepared for the Start clicks")
         return contexts
-    for page in ready:
-        await page.evaluate(WATCH_STATE)
+    before = [FRAMES[id(page)].count for page in ready]
     start = time.monotonic()
     await asyncio.gather(*(page.get_by_role("button", name="Start training").click(timeout=PHASE_S * 1000)
                            for page in ready), return_exceptions=True)
     res.clicks = len(ready)
     log(f"{len(ready)} Start clicks sent in {time.monotonic() - start:.1f} s")
-    await asyncio.gather(*(page.wait_for_function("() => window.__changes > 0", timeout=PHASE_S * 1000)
-                           for page in ready), return_exceptions=True)
+    await asyncio.gather(*(FRAMES[id(page)].after(count, PHASE_S) for page, count in zip(ready, before, strict=True)),
+                         return_exceptions=True)
     await asyncio.gather(*(wait_idle(page) for page in ready), return_exceptions=True)
     texts = await asyncio.gather(*(page.locator(ERROR_ALERT).all_inner_texts() for page in ready),
                                  return_exceptions=True)
@@ -562,7 +609,7 @@ async def thirty_clicks(browser: Any, server: Server, n: int, wave: int, res: Re
             "s => (document.querySelector(s) || {innerText: ''}).innerText.includes('queued')",
             arg=SIDEBAR, timeout=PHASE_S * 1000)
     except Exception as error:
-        res.notes.append(f"the sidebar showed no job list: {str(error).splitlines()[0]}")
+        res.notes.append(f"the sidebar showed no job list: {first_line(error)}")
     sidebar = await page.locator(SIDEBAR).inner_text()
     match = re.search(r"Jobs:\s*(\d+) running, (\d+) queued", sidebar)
     if match:

@@ -12,7 +12,7 @@ from ui.common import (
     current_data, data_label, data_registry, job_manager, poll_interval, rerun_when_finished, run_store,
     session_id, show_error, watcher_pace,
 )
-from ui.live import job_header, shared
+from ui.live import job_header, live_figure
 from ui.shell import ensure_app_shell
 from vgg import compare
 from vgg.data import CIFAR10_CLASSES
@@ -162,13 +162,14 @@ def race_view() -> None:
         if not racing:
             st.caption("The race starts when the pretraining is done.")
             return
-        stamp = tuple((snap.id, snap.version) for _, snap in racing)
 
         def figure() -> go.Figure:
             return figures.race_figure([(snap.title.removeprefix("Race · "), role,
                                          *compare.race_curves(snap.history)) for role, snap in racing])
 
-        st.plotly_chart(shared("race_figure", stamp, figure), key="race_chart")
+        snaps = [snap for _, snap in racing]  # each job's version only grows: so does their sum
+        st.plotly_chart(live_figure(("race", tuple(s.id for s in snaps)), sum(s.version for s in snaps),
+                                    snaps, figure), key="race_chart")
         run_ids = [getattr(snap.result, "run_id", None) for _, snap in racing if snap.finished]
         if len(run_ids) == 2 and all(run_ids):
             st.button("Overlay these two runs above", icon=":material/stacked_line_chart:",

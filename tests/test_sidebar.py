@@ -172,6 +172,42 @@ def test_live_figures_are_shared_and_rebuilt_at_most_once_per_max_age() -> None:
     assert builds == [1, 3, 4, 2, 1, 1, 4]
 
 
+def test_watchers_share_a_chart_redrawn_at_most_once_per_class_second_the_owner_sees_every_step(
+        monkeypatch) -> None:
+    import ui.live as live
+    from vgg.jobs import JobSnapshot
+
+    assert live.chart_max_age(1) == 0.0  # alone: every new snapshot is drawn
+    assert live.chart_max_age(4) == 4 / live.CHART_REDRAWS_PER_S
+    assert live.chart_max_age(30) == 30 / live.CHART_REDRAWS_PER_S  # 30 s: every other 15 s rerun
+    assert live.chart_max_age(2) == live.watcher_interval(2)  # never more often than the view reruns
+
+    now = [0.0]
+    monkeypatch.setattr(live, "_latest_figures", lambda figures=live.LatestFigures(clock=lambda: now[0]): figures)
+    monkeypatch.setattr(live, "pollers", lambda: type("Class", (), {"count": lambda self: 30})())
+    me = ["pupil"]
+    monkeypatch.setattr(live, "session_id", lambda: me[0])
+
+    def snap(version: int, status: JobStatus = JobStatus.RUNNING) -> JobSnapshot:
+        return JobSnapshot(id="j1", kind="train", title="t", key=None, owner="teacher", status=status,
+                           queue_position=None, progress=0.5, message="", history=(), result=None,
+                           error=None, version=version)
+
+    def figure(name: str, s: JobSnapshot) -> str:
+        return live.cached_figure(name, s, lambda: f"{name} v{s.version}")
+
+    assert figure("train", snap(1)) == "train v1"
+    now[0] = 29.0
+    assert figure("train", snap(9)) == "train v1"  # a pupil's chart: the class's figure, 29 s old
+    me[0] = "teacher"
+    assert figure("train", snap(9)) == "train v9"  # the owner's is exact, and apart
+    me[0] = "pupil"
+    assert figure("train", snap(10)) == "train v1"
+    now[0] = 31.0
+    assert figure("train", snap(11)) == "train v11"  # older than 30 s: rebuilt
+    assert figure("train", snap(12, JobStatus.DONE)) == "train v12"  # a finished job: exact
+
+
 def live_page_sidebar_script() -> None:
     import streamlit as st
 

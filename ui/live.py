@@ -26,9 +26,13 @@ from vgg.jobs import JobContext, JobSnapshot, JobStatus, UnknownJobError
 PROBE_AUTO_MACS = 40e9
 PROBE_SMALL = 2  # images in the probe's small step
 PROBE_LARGE = 16  # and in its large one
-# While a job runs and several sessions poll, its live figures are rebuilt at most this many
-# times per watcher interval (ui.common.watcher_interval), not on every new snapshot.
-FIGURE_REBUILDS_PER_INTERVAL = 5
+# While a job runs and several sessions poll, the watchers' live charts together redraw about
+# this many times per second: their shared figure is rebuilt at most every
+# sessions / CHART_REDRAWS_PER_S seconds, and at most once per watcher interval
+# (ui.common.watcher_interval). A chart whose figure did not change costs the browser almost
+# nothing (the page keeps the drawing when the spec is the same); one that changed costs it
+# 0.3-0.5 s of CPU to draw again. The numbers beside the charts are new at every rerun.
+CHART_REDRAWS_PER_S = 1.0
 
 
 def config_key(kind: str, *parts: Any) -> str:
@@ -137,16 +141,31 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def chart_max_age(sessions: int) -> float:
+    """How old (seconds) the watchers' shared figure of a running job may be when ``sessions``
+    sessions poll: 0 for one session (every new snapshot is drawn)."""
+    if sessions <= 1:
+        return 0.0
+    return max(watcher_interval(sessions), sessions / CHART_REDRAWS_PER_S)
+
+
 def cached_figure(name: str, snap: JobSnapshot, build: Callable[[], Any], *extra: Any) -> Any:
     """The live figure of (job, ``extra``), built for the whole server: a poll with no change skips
-    the work, and a class of 30 watching one job shares each figure. While the job runs and several
-    sessions poll, a figure is rebuilt at most ``FIGURE_REBUILDS_PER_INTERVAL`` times per watcher
-    interval (a newer snapshot within that time reuses it); a finished job's figure is always exact.
+    the work, and a class of 30 watching one job shares each figure."""
+    return live_figure((name, snap.id, extra), snap.version, [snap], build)
+
+
+def live_figure(key: Any, version: int, snaps: list[JobSnapshot], build: Callable[[], Any]) -> Any:
+    """The figure of ``key`` drawn from the jobs ``snaps`` at ``version`` (grows with each new
+    snapshot). Exact (rebuilt for every new version) for the owner of a running job, when the
+    jobs finished or only one session polls; the other sessions share one figure at most
+    ``chart_max_age`` old, so their browsers redraw it only every other rerun or so.
     (The figure is only read afterwards: ``st.plotly_chart`` copies it.)"""
     sessions = pollers().count()
-    max_age = 0.0 if snap.status.finished or sessions <= 1 else (
-        watcher_interval(sessions) / FIGURE_REBUILDS_PER_INTERVAL)
-    return _latest_figures().get((name, snap.id, extra), snap.version, max_age, build)
+    exact = (sessions <= 1 or all(s.status.finished for s in snaps)
+             or any(s.owner == session_id() for s in snaps))
+    max_age = 0.0 if exact else chart_max_age(sessions)
+    return _latest_figures().get((key, exact), version, max_age, build)
 
 
 class LatestFigures:
