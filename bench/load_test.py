@@ -82,13 +82,6 @@ COUNT_RUNS = """() => {
     });
     window.__runObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
-WATCH_STATE = """() => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    window.__changes = 0;
-    if (window.__changeObserver) window.__changeObserver.disconnect();
-    window.__changeObserver = new MutationObserver(() => { window.__changes += 1; });
-    window.__changeObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-}"""
 
 
 def log(text: str) -> None:
@@ -394,14 +387,10 @@ def count_frames(page: Any) -> Frames:
 
 async def rerun(page: Any, action: Any, timeout_s: float = PHASE_S) -> None:
     """Do ``action`` and wait for the rerun it causes: the server's messages, then the page idle."""
-    frames = FRAMES.get(id(page))
-    before = frames.count if frames is not None else 0
-    await page.evaluate(WATCH_STATE)
+    frames = FRAMES[id(page)]  # every tab comes from open_page
+    before = frames.count
     await action()
-    if frames is not None:
-        await frames.after(before, timeout_s)
-    else:
-        await page.wait_for_function("() => window.__changes > 0", timeout=timeout_s * 1000)
+    await frames.after(before, timeout_s)
     await wait_idle(page, timeout_s)
 
 
@@ -411,10 +400,9 @@ RETRIES: list[str] = []  # set_number calls that needed a second try (printed in
 async def set_number(page: Any, key: str, value: int, timeout_s: float = PHASE_S) -> None:
     """Type ``value`` into the number input with widget key ``key`` and wait for the rerun.
 
-    Now and then the server answers a page's first edit with no rerun (seen most on the first page
-    after a restart, and on a starved browser). A try that caused none within 20 s is repeated, up
-    to three times: the field is emptied first, since typing the value it already shows changes
-    nothing, and Enter then sends nothing either."""
+    Now and then a page's edit brings no message from the server within 20 s (seen on the first
+    page after a restart): the try is repeated, up to three times. The field is emptied first,
+    since typing the value it already shows changes nothing, and Enter then sends nothing."""
     field = page.locator(f".st-key-{key} input")
     for attempt in range(3):
         if attempt:
@@ -569,7 +557,7 @@ async def thirty_clicks(browser: Any, server: Server, n: int, wave: int, res: Re
         try:
             page, seconds = await open_page(context, server.url + "train")
             res.click_renders.append(seconds)
-            await set_number(page, "train-epochs", 3 + i)  # 2 is the field's default: typing it changes nothing
+            await set_number(page, "train-epochs", 3 + i)  # 2, the default, would change nothing
             return page
         except Exception as error:
             log(f"context {i} could not be prepared: {first_line(error)}")
@@ -590,8 +578,8 @@ async def thirty_clicks(browser: Any, server: Server, n: int, wave: int, res: Re
                            for page in ready), return_exceptions=True)
     res.clicks = len(ready)
     log(f"{len(ready)} Start clicks sent in {time.monotonic() - start:.1f} s")
-    await asyncio.gather(*(FRAMES[id(page)].after(count, PHASE_S) for page, count in zip(ready, before, strict=True)),
-                         return_exceptions=True)
+    await asyncio.gather(*(FRAMES[id(page)].after(count, PHASE_S)
+                           for page, count in zip(ready, before, strict=True)), return_exceptions=True)
     await asyncio.gather(*(wait_idle(page) for page in ready), return_exceptions=True)
     texts = await asyncio.gather(*(page.locator(ERROR_ALERT).all_inner_texts() for page in ready),
                                  return_exceptions=True)

@@ -157,14 +157,12 @@ def cached_figure(name: str, snap: JobSnapshot, build: Callable[[], Any], *extra
 
 def live_figure(key: Any, version: int, snaps: list[JobSnapshot], build: Callable[[], Any]) -> Any:
     """The figure of ``key`` drawn from the jobs ``snaps`` at ``version`` (grows with each new
-    snapshot). Exact (rebuilt for every new version) for the owner of a running job, when the
-    jobs finished or only one session polls; the other sessions share one figure at most
-    ``chart_max_age`` old, so their browsers redraw it only every other rerun or so.
+    snapshot). Exact (rebuilt for every new version) for the owner of a running job and once the
+    jobs finished; the other sessions share one figure at most ``chart_max_age`` old (0 when only
+    one session polls), so their browsers redraw it only every other rerun or so.
     (The figure is only read afterwards: ``st.plotly_chart`` copies it.)"""
-    sessions = pollers().count()
-    exact = (sessions <= 1 or all(s.status.finished for s in snaps)
-             or any(s.owner == session_id() for s in snaps))
-    max_age = 0.0 if exact else chart_max_age(sessions)
+    exact = all(s.status.finished for s in snaps) or any(s.owner == session_id() for s in snaps)
+    max_age = 0.0 if exact else chart_max_age(pollers().count())
     return _latest_figures().get((key, exact), version, max_age, build)
 
 
