@@ -63,9 +63,12 @@ def model_ui() -> tuple[TrainConfig | None, LRFinderConfig | None, bool]:
     # Loose bounds: an out-of-range value reaches LRFinderConfig, whose message says what is allowed.
     with st.expander("Range test settings (the notebook's defaults)"):
         cols = st.columns(4)
-        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, 1e-7, format="%.1e", key="lrf-start-lr", **S)
-        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, 10.0, format="%.1e", key="lrf-end-lr", **S)
-        num_iter = cols[2].number_input("num_iter", 0, 100_000, 100, key="lrf-num-iter", **S)
+        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, LRFinderConfig.start_lr, format="%.1e",
+                                         key="lrf-start-lr", **S)
+        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, LRFinderConfig.end_lr, format="%.1e",
+                                       key="lrf-end-lr", **S)
+        num_iter = cols[2].number_input("num_iter", 0, 100_000, LRFinderConfig.num_iter, key="lrf-num-iter",
+                                         **S)
         smooth_f = cols[3].number_input("smooth_f", 0.0, 1.0, 0.05, step=0.01, key="lrf-smooth", **S)
         diverge_th = cols[0].number_input("diverge_th", 0.0, 1000.0, 5.0, key="lrf-diverge", **S)
         skip_start = cols[1].number_input("skip_start", 0, 10_000, 10, key="lrf-skip-start", **S)
@@ -81,6 +84,17 @@ def model_ui() -> tuple[TrainConfig | None, LRFinderConfig | None, bool]:
         show_error(error)
         return None, None, False
     return cfg, lr_cfg, init is not None
+
+
+def range_settings() -> LRFinderConfig | None:
+    """The schedule's settings as last set on the Range test tab (kept while the tab is closed)."""
+    state = st.session_state
+    try:
+        return LRFinderConfig(start_lr=float(state.get("lrf-start-lr", LRFinderConfig.start_lr)),
+                              end_lr=float(state.get("lrf-end-lr", LRFinderConfig.end_lr)),
+                              num_iter=int(state.get("lrf-num-iter", LRFinderConfig.num_iter)))
+    except VGGError:
+        return None  # the Range test tab says what is wrong
 
 
 def curve_figure(snap: JobSnapshot) -> go.Figure:
@@ -149,33 +163,39 @@ st.title("LR finder")
 lesson("intro")
 data = current_data()
 st.caption(f"Data set: {data_label(data)} (change it on the Data page).")
-test_tab, lessons_tab = st.tabs(["Range test", "Lessons"])
-with test_tab:
-    with st.container(border=True):
-        cfg, lr_cfg, usable = model_ui()
-    if st.button("Start the range test", type="primary", key="lrf-start", icon=":material/play_arrow:",
-                 disabled=cfg is None or not usable):
-        title = f"LR range test · {cfg.config}{'-BN' if cfg.batch_norm else ''} · {cfg.init.split(':')[0]}"
-        submit_job("lr_find", title, lr_find_task(cfg, lr_cfg, data_registry(), run_store()),
-                   config_key("lr_find", cfg, lr_cfg), JOB, config=lr_cfg)
-    chosen = st.session_state.get("chosen_lr")
-    if chosen is not None:
-        st.success(f"Learning rate for training: **{chosen:.2e}**", icon=":material/check_circle:")
-        page_link("pages/train.py", "Go to the Train page", icon=":material/model_training:")
-    snap = watched_job("lr_find", JOB)
-    if snap is None:
-        st.info("No range test yet: choose the settings and press Start.", icon=":material/info:")
-    else:
-        live_view(snap)
-        if snap.finished:
-            results(snap)
+# Only the open tab runs and is sent.
+test_tab, lessons_tab = st.tabs(["Range test", "Lessons"], key="lrf_section", on_change="rerun")
+if test_tab.open:
+    with test_tab:
+        with st.container(border=True):
+            cfg, lr_cfg, usable = model_ui()
+        if st.button("Start the range test", type="primary", key="lrf-start", icon=":material/play_arrow:",
+                     disabled=cfg is None or not usable):
+            title = (f"LR range test · {cfg.config}{'-BN' if cfg.batch_norm else ''} · "
+                     f"{cfg.init.split(':')[0]}")
+            submit_job("lr_find", title, lr_find_task(cfg, lr_cfg, data_registry(), run_store()),
+                       config_key("lr_find", cfg, lr_cfg), JOB, config=lr_cfg)
+        chosen = st.session_state.get("chosen_lr")
+        if chosen is not None:
+            st.success(f"Learning rate for training: **{chosen:.2e}**", icon=":material/check_circle:")
+            page_link("pages/train.py", "Go to the Train page", icon=":material/model_training:")
+        snap = watched_job("lr_find", JOB)
+        if snap is None:
+            st.info("No range test yet: choose the settings and press Start.", icon=":material/info:")
+        else:
+            live_view(snap)
+            if snap.finished:
+                results(snap)
 
-with lessons_tab:
-    lesson("range_test")
-    if lr_cfg is not None:
-        schedule = lr_schedule(lr_cfg)
-        st.plotly_chart(figures.range_test_schedule_figure(schedule))
-        st.caption(f"Each batch multiplies the learning rate by {schedule[1] / schedule[0]:.3f}: "
-                   f"{lr_cfg.num_iter} batches from {lr_cfg.start_lr:.0e} to {lr_cfg.end_lr:.0e}.")
-    lesson("suggestions")
-    lesson("freezing")
+if lessons_tab.open:
+    with lessons_tab:
+        lesson("range_test")
+        chosen_cfg = range_settings()
+        if chosen_cfg is not None:
+            schedule = lr_schedule(chosen_cfg)
+            st.plotly_chart(figures.range_test_schedule_figure(schedule))
+            st.caption(f"Each batch multiplies the learning rate by {schedule[1] / schedule[0]:.3f}: "
+                       f"{chosen_cfg.num_iter} batches from {chosen_cfg.start_lr:.0e} to "
+                       f"{chosen_cfg.end_lr:.0e}.")
+        lesson("suggestions")
+        lesson("freezing")

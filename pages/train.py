@@ -63,6 +63,7 @@ from vgg.train import (
 LESSONS = Path(__file__).resolve().parent.parent / "assets" / "train"
 JOB = "train_job"  # st.session_state key: id of this session's latest training job
 S = {"persist_state": "session"}  # settings survive a visit to another page
+KEEP = {"persist_state": "page"}  # a lesson's value survives a look at the other tab
 
 
 def lesson(name: str) -> None:
@@ -293,7 +294,7 @@ def freeze_ui() -> None:
     totals = forward_totals(config, batch_norm, 32, 10)
     trainable = {"none": totals["total_params"], "features": totals["fc_params"],
                  "all_but_last": 4096 * 10 + 10}  # the new last layer: weights and biases
-    mode = st.segmented_control("Freeze mode", FREEZE_MODES, default="features", key="lesson-freeze")
+    mode = st.segmented_control("Freeze mode", FREEZE_MODES, default="features", key="lesson-freeze", **KEEP)
     mode = mode or "none"
     share = trainable[mode] / totals["total_params"]
     st.metric(f"Parameters that learn in {CONFIG_LABELS[config]}{' with batch norm' if batch_norm else ''}, "
@@ -306,48 +307,53 @@ st.title("Train")
 lesson("intro")
 data = current_data()
 st.caption(f"Data set: {data_label(data)} (change it on the Data page).")
-train_tab, lessons_tab = st.tabs(["Training", "Lessons"])
-with train_tab:
-    with st.container(border=True):
-        cfg, usable = settings_ui()
-    if cfg is not None:
-        cost_ui(cfg)
-    if st.button("Start training", type="primary", key="train-start", icon=":material/play_arrow:",
-                 disabled=cfg is None or not usable):
-        title = (f"Training · {cfg.config}{'-BN' if cfg.batch_norm else ''} · {cfg.init.split(':')[0]} · "
-                 f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}")
-        submit_job("train", title, train_task(cfg, data_registry(), run_store()), config_key("train", cfg),
-                   JOB, config=cfg)
-    snap = watched_job("train", JOB)
-    if snap is None:
-        st.info("No training yet: choose the settings and press Start.", icon=":material/info:")
-    else:
-        live_view(snap)
-        if snap.finished:
-            finished(snap)
+# Only the open tab runs and is sent (the Lessons tab's chart is not drawn for a watcher).
+train_tab, lessons_tab = st.tabs(["Training", "Lessons"], key="train_section", on_change="rerun")
+if train_tab.open:
+    with train_tab:
+        with st.container(border=True):
+            cfg, usable = settings_ui()
+        if cfg is not None:
+            cost_ui(cfg)
+        if st.button("Start training", type="primary", key="train-start", icon=":material/play_arrow:",
+                     disabled=cfg is None or not usable):
+            title = (f"Training · {cfg.config}{'-BN' if cfg.batch_norm else ''} · "
+                     f"{cfg.init.split(':')[0]} · "
+                     f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}")
+            submit_job("train", title, train_task(cfg, data_registry(), run_store()),
+                       config_key("train", cfg), JOB, config=cfg)
+        snap = watched_job("train", JOB)
+        if snap is None:
+            st.info("No training yet: choose the settings and press Start.", icon=":material/info:")
+        else:
+            live_view(snap)
+            if snap.finished:
+                finished(snap)
 
-with lessons_tab:
-    lesson("one_cycle")
-    cols = st.columns(3)
-    peak = cols[0].number_input("Peak lr", 1e-6, 10.0, 1e-3, format="%.1e", key="lesson-peak")
-    where = cols[1].slider("Where in the run (%)", 0, 100, 25, key="lesson-progress") / 100
-    compare = cols[2].toggle("Constant vs one-cycle", key="lesson-constant")
-    progress = [i / 200 for i in range(201)]
-    st.plotly_chart(figures.lr_schedule_figure(progress, [peak * onecycle_factor(p) for p in progress],
-                                               constant=peak / 2 if compare else None, marker=where))
-    if compare:
-        lesson("constant_vs_one_cycle")
-    lesson("discriminative")
-    ratio = st.slider("Feature LR ratio", 0.01, 1.0, 0.1, key="lesson-ratio")
-    st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, "
-                f"convolutional layers **{peak * ratio:.1e}**.")
-    lesson("freezing")
-    freeze_ui()
-    lesson("batch_epochs")
-    cols = st.columns(3)
-    n = cols[0].number_input("Training images", 1, 10_000_000, 4500, key="lesson-images")
-    bs = cols[1].select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], 128, key="lesson-batch")
-    ep = cols[2].number_input("Epochs", 1, 1000, 2, key="lesson-epochs")
-    per_epoch = math.ceil(n / bs)
-    st.markdown(f"{per_epoch:,} steps per epoch, **{per_epoch * ep:,} optimizer steps** in all; "
-                f"each image is seen {ep} time{'s' if ep > 1 else ''}.")
+if lessons_tab.open:
+    with lessons_tab:
+        lesson("one_cycle")
+        cols = st.columns(3)
+        peak = cols[0].number_input("Peak lr", 1e-6, 10.0, 1e-3, format="%.1e", key="lesson-peak", **KEEP)
+        where = cols[1].slider("Where in the run (%)", 0, 100, 25, key="lesson-progress", **KEEP) / 100
+        compare = cols[2].toggle("Constant vs one-cycle", key="lesson-constant", **KEEP)
+        progress = [i / 200 for i in range(201)]
+        st.plotly_chart(figures.lr_schedule_figure(progress, [peak * onecycle_factor(p) for p in progress],
+                                                   constant=peak / 2 if compare else None, marker=where))
+        if compare:
+            lesson("constant_vs_one_cycle")
+        lesson("discriminative")
+        ratio = st.slider("Feature LR ratio", 0.01, 1.0, 0.1, key="lesson-ratio", **KEEP)
+        st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, "
+                    f"convolutional layers **{peak * ratio:.1e}**.")
+        lesson("freezing")
+        freeze_ui()
+        lesson("batch_epochs")
+        cols = st.columns(3)
+        n = cols[0].number_input("Training images", 1, 10_000_000, 4500, key="lesson-images", **KEEP)
+        bs = cols[1].select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], 128, key="lesson-batch",
+                                   **KEEP)
+        ep = cols[2].number_input("Epochs", 1, 1000, 2, key="lesson-epochs", **KEEP)
+        per_epoch = math.ceil(n / bs)
+        st.markdown(f"{per_epoch:,} steps per epoch, **{per_epoch * ep:,} optimizer steps** in all; "
+                    f"each image is seen {ep} time{'s' if ep > 1 else ''}.")

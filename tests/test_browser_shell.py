@@ -16,6 +16,7 @@ from tests.browser import (
     run_and_wait,
     screenshot,
     select_option,
+    wait_for_plotly,
 )
 from vgg.settings import default_device, device_description
 
@@ -64,3 +65,34 @@ def test_architecture_page_counts_vgg19_parameters(page: Page, streamlit_server:
     expect(page.get_by_text("143,667,240").first).to_be_visible()
     assert_no_exception(page)
     screenshot(page, "architecture-vgg19")
+
+
+def test_lessons_tabs_draw_on_a_click_and_the_settings_wait_for_their_tab(page: Page,
+                                                                         streamlit_server: str) -> None:
+    # Only the open tab runs and is sent: a click on another tab reruns the page with its content.
+    open_app(page, streamlit_server)  # Architecture, on its Layers tab: the table and two charts
+    charts = page.locator(".js-plotly-plot")
+    expect(charts).to_have_count(2)
+    run_and_wait(page, page.get_by_role("tab", name="Lessons").click)
+    expect(page.get_by_text("Fully connected share of parameters")).to_be_visible()
+    expect(charts).to_have_count(3)  # the Layers tab's charts are gone, the three lesson charts drawn
+    wait_for_plotly(page, 3)
+    screenshot(page, "architecture-lessons")
+
+    goto_page(page, streamlit_server, "Train")
+    epochs = page.locator(".st-key-train-epochs input")
+    epochs.fill("7")
+    run_and_wait(page, lambda: epochs.press("Enter"))
+    run_and_wait(page, page.get_by_role("tab", name="Lessons").click)
+    expect(page.locator(".st-key-train-epochs")).to_have_count(0)
+    expect(page.get_by_text("optimizer steps").first).to_be_visible()
+    expect(page.locator(".js-plotly-plot").filter(has_text="Learning rate over the run")).to_have_count(1)
+    screenshot(page, "train-lessons")
+    run_and_wait(page, page.get_by_role("tab", name="Training").click)
+    expect(epochs).to_have_value("7")  # kept while the Lessons tab was open
+
+    goto_page(page, streamlit_server, "LR finder")
+    run_and_wait(page, page.get_by_role("tab", name="Lessons").click)
+    expect(page.get_by_text("100 batches from 1e-07 to 1e+01")).to_be_visible()
+    expect(page.locator(".js-plotly-plot").filter(has_text="Learning rate of each batch")).to_have_count(1)
+    assert_no_exception(page)

@@ -22,10 +22,19 @@ def metrics(app: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in app.metric}
 
 
+def open_tab(app: AppTest, name: str) -> AppTest:
+    """Select a tab as a click does (the tabs rerun the page and only the open one runs)."""
+    app.session_state["architecture_section"] = name
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
 def test_config_e_shows_torchvisions_parameter_count(app: AppTest) -> None:
     assert metrics(app)["Parameters"] == "138,357,544"  # the default: D (VGG16) without batch norm
-    app.selectbox(key="config").set_value("E").run()
-    assert not app.exception and not app.error
+    app.selectbox(key="config").set_value("E")
+    open_tab(app, "Lessons")
+    assert not app.error
     shown = metrics(app)
     assert shown["Parameters"] == "143,667,240"
     assert shown["Multiply-adds per image"] == "19.63 G"
@@ -39,6 +48,7 @@ def test_config_e_shows_torchvisions_parameter_count(app: AppTest) -> None:
 
 
 def test_inputs_drive_the_numbers_and_lessons(app: AppTest) -> None:
+    open_tab(app, "Lessons")
     app.selectbox(key="config").set_value("C")
     app.number_input(key="input_size").set_value(32)
     app.number_input(key="num_classes").set_value(10)
@@ -52,3 +62,23 @@ def test_inputs_drive_the_numbers_and_lessons(app: AppTest) -> None:
     default_macs = shown["Multiply-adds per image"]
     app.number_input(key="input_size").set_value(64).run()
     assert metrics(app)["Multiply-adds per image"] != default_macs
+
+
+def test_only_the_open_tab_runs_and_a_lessons_value_survives_a_look_at_another_tab(app: AppTest) -> None:
+    # Layers, the first tab: its table and two charts; nothing of the other tabs is computed or sent.
+    assert [len(app.get("plotly_chart")), len(app.dataframe)] == [2, 1]
+    assert "Fully connected share of parameters" not in metrics(app)
+    open_tab(app, "Block diagram")
+    assert [len(app.get("plotly_chart")), len(app.dataframe)] == [1, 0]
+    assert any("Box height grows" in caption.value for caption in app.caption)
+    open_tab(app, "Paper's Table 1")
+    assert [len(app.get("plotly_chart")), len(app.dataframe)] == [0, 1]
+    open_tab(app, "Lessons")
+    assert len(app.get("plotly_chart")) == 3 and "Fully connected share of parameters" in metrics(app)
+    app.slider(key="stack_channels").set_value(64).run()
+    assert metrics(app)["2 × 3×3 (sees 5×5)"] == "73,728"  # 2 · 9 · 64²
+    open_tab(app, "Layers")
+    assert "2 × 3×3 (sees 5×5)" not in metrics(app)
+    open_tab(app, "Lessons")
+    assert app.slider(key="stack_channels").value == 64
+    assert metrics(app)["2 × 3×3 (sees 5×5)"] == "73,728"

@@ -78,6 +78,30 @@ def test_refused_settings_show_the_reason_and_disable_start(at: AppTest) -> None
     assert at.button(key="lrf-start").disabled
 
 
+def test_the_lessons_tab_draws_the_schedule_of_the_settings_chosen_on_the_range_test_tab(at: AppTest) -> None:
+    at.run()
+    assert not at.get("plotly_chart")  # the Lessons tab's chart is not sent while it is closed
+    at.number_input(key="lrf-num-iter").set_value(50)
+    at.number_input(key="lrf-end-lr").set_value(1.0).run()
+    at.session_state["lrf_section"] = "Lessons"  # as a click on the tab
+    at.run()
+    assert not at.exception
+    assert not any(w.key == "lrf-num-iter" for w in at.number_input)  # the Range test tab did not run
+    [schedule] = at.get("plotly_chart")
+    lrs = json.loads(schedule.proto.spec)["data"][0]["y"]
+    assert len(lrs) == 50 and lrs[0] == pytest.approx(1e-7) and lrs[-1] == pytest.approx(1.0)
+    assert any("50 batches from 1e-07 to 1e+00" in c for c in texts(at, "caption"))
+
+    at.session_state["lrf_section"] = "Range test"
+    at.run()
+    assert at.number_input(key="lrf-num-iter").value == 50  # kept while the tab was closed
+    at.number_input(key="lrf-end-lr").set_value(1e-8).run()  # refused there, with its reason
+    at.session_state["lrf_section"] = "Lessons"
+    at.run()
+    assert not at.exception and not at.get("plotly_chart")  # no schedule for refused settings
+    assert any("### How the range test works" in t for t in texts(at, "markdown"))  # the lesson still reads
+
+
 def test_imagenet_without_cached_weights_names_file_and_folder(at: AppTest, isolated_dirs) -> None:
     at.run()
     at.radio(key="lrf-init").set_value("imagenet").run()

@@ -81,6 +81,35 @@ def test_defaults_are_cpu_friendly_with_a_cost_estimate(at: AppTest) -> None:
     assert not at.button(key="train-start").disabled
 
 
+def test_the_lessons_tab_runs_only_when_open_and_the_settings_wait_for_the_training_tab(at: AppTest) -> None:
+    at.run()
+    assert not at.get("plotly_chart")  # nothing charted yet, and the Lessons tab's chart not sent
+    at.number_input(key="train-epochs").set_value(7).run()
+    at.session_state["train_section"] = "Lessons"  # as a click on the tab
+    at.run()
+    assert not at.exception
+    assert not any(w.key == "train-epochs" for w in at.number_input)  # the Training tab did not run
+    [schedule] = at.get("plotly_chart")
+    assert len(json.loads(schedule.proto.spec)["data"][0]["x"]) == 201  # the one-cycle curve
+    at.number_input(key="lesson-images").set_value(1000)
+    at.select_slider(key="lesson-batch").set_value(64)
+    at.number_input(key="lesson-epochs").set_value(3).run()
+    assert any("16 steps per epoch, **48 optimizer steps** in all" in t for t in texts(at, "markdown"))
+    at.slider(key="lesson-ratio").set_value(0.5).run()
+    assert any("convolutional layers **5.0e-04**" in t for t in texts(at, "markdown"))  # half of 1e-3
+    # freezing the features (the default) leaves the three fully connected layers: 25088·4096 + 4096²
+    # + 4096·10 weights and their biases
+    assert metrics(at)["Parameters that learn in A · VGG11 with batch norm, 10 classes"] == "119,586,826"
+
+    at.session_state["train_section"] = "Training"
+    at.run()
+    assert at.number_input(key="train-epochs").value == 7  # kept while the tab was closed
+    assert not at.get("plotly_chart")
+    at.session_state["train_section"] = "Lessons"
+    at.run()
+    assert at.number_input(key="lesson-epochs").value == 3 and at.slider(key="lesson-ratio").value == 0.5
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("train-lr", 0.0, "learning rate 0.0 is out of range"),
     ("train-lr", 50.0, "learning rate 50.0 is out of range"),
