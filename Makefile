@@ -33,9 +33,9 @@ help:
 	@echo "make clean    remove caches and test artefacts (keeps .venv, data and runs)"
 	@echo "make distclean  also remove .venv"
 
-# vgg.allocator starts the server with glibc's malloc tuned for training (see vgg/allocator.py).
+# vgg.speedups.allocator starts the server with glibc's malloc tuned for training (see vgg/speedups/allocator.py).
 run: $(RUN_STAMP)
-	$(VENV_PYTHON) -m vgg.allocator -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
+	$(VENV_PYTHON) -m vgg.speedups.allocator -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
 test: $(DEV_STAMP) chromium
 	CHROMIUM=$(CHROMIUM) $(VENV_PYTHON) -m pytest $(PYTEST_ARGS)

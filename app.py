@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vgg.allocator import late_notice, tune_allocator
+from vgg.speedups.allocator import late_notice, tune_allocator
 
-tune_allocator()  # before torch allocates: training steps reuse their big buffers (vgg/allocator.py)
+tune_allocator()  # before torch allocates: training steps reuse their big buffers (vgg/speedups/allocator.py)
 if (notice := late_notice()) is not None:  # the server's threads need it from the start (make run)
     print(notice, file=sys.stderr)
 

@@ -28,15 +28,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vgg.allocator import tune_allocator  # noqa: E402
+from vgg.speedups.allocator import tune_allocator  # noqa: E402
 
 tune_allocator()  # as the app and the CLI do, before torch allocates
 
 from vgg.data import DataConfig, load_data  # noqa: E402
-from vgg.lr_finder import LRFinderConfig  # noqa: E402
+from vgg.events import EpochEvent  # noqa: E402
+from vgg.lr_finder import (
+    LRFinderConfig,  # noqa: E402
+    find_lr_for,  # noqa: E402
+)
 from vgg.model import build_vgg  # noqa: E402
 from vgg.settings import data_dir  # noqa: E402
-from vgg.train import EpochEvent, TrainConfig, find_lr_for, fit  # noqa: E402
+from vgg.train import TrainConfig, fit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 

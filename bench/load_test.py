@@ -56,8 +56,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ui.common import watcher_interval  # noqa: E402  (the pace of a watcher's live view)
-from vgg.allocator import tuned_environ  # noqa: E402
 from vgg.resources import cpu_seconds, rss_bytes  # noqa: E402
+from vgg.speedups.allocator import tuned_environ  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

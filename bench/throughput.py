@@ -5,9 +5,9 @@ RandomRotation(5), RandomHorizontalFlip, RandomCrop with padding, ToTensor, Norm
 ``DataLoader`` with batch 128, fp32, NCHW, ``torch.optim.Adam`` with the two parameter groups.
 The engine: uint8 tensors decoded once, batched augmentation, channels_last, fused Adam, bf16
 autocast where the CPU has bf16 units, the 3×3 convolutions on maps of 4×4 and below as one
-matrix product (``vgg.kernels``), the adaptive pool folded into the first classifier layer and, on
-1×1 feature maps, that layer trained through its compact update (``vgg.train.CompactHead``),
-exactly as ``vgg.train.Trainer`` steps.
+matrix product, the adaptive pool folded into the first classifier layer and, on 1×1 feature maps,
+that layer trained through its compact update (``vgg.speedups``): exactly what
+``vgg.train.start_training`` sets up for a training.
 
 Both train VGG11-BN at 32×32 on the same images, one step of each in turn, so that the machine's
 noise hits both alike. The last line is the ratio of the medians: ``ratio 5.21``.
@@ -29,22 +29,15 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# No vgg.allocator.tune_allocator() here, unlike the app, the CLI and the other benchmarks: it is
+# No vgg.speedups.allocator.tune_allocator() here, unlike the app, the CLI and the other benchmarks: it is
 # process-wide, and the notebook loop's 411 MB blocks interleaved with the engine's in one heap made
 # the engine slower here (245 against 375 img/s in one run each), though each alone is faster tuned.
 
+from vgg.augment import iterate_batches  # noqa: E402
 from vgg.data import DataConfig, load_data  # noqa: E402
+from vgg.finetune import prepare_model  # noqa: E402
 from vgg.settings import data_dir  # noqa: E402
-from vgg.model import build_vgg  # noqa: E402
-from vgg.train import (  # noqa: E402
-    BatchPipeline,
-    TrainConfig,
-    choose_precision,
-    iterate_batches,
-    make_optimizer,
-    train_step,
-    training_net,
-)
+from vgg.train import TrainConfig, start_training, train_step  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
@@ -64,7 +57,8 @@ def notebook_batches(root: Path | None, size: int, batch_size: int, mean, std):
     if root is not None:
         ds = datasets.ImageFolder(str(root / "train"), transform=tf)
     else:  # the synthetic set, served through the same per-image PIL path
-        from vgg.data import DataConfig as _DC, load_data as _ld
+        from vgg.data import DataConfig as _DC
+        from vgg.data import load_data as _ld
 
         splits = _ld(_DC(source="synthetic", input_size=size))
         pil = transforms.ToPILImage()
@@ -82,7 +76,7 @@ def notebook_batches(root: Path | None, size: int, batch_size: int, mean, std):
         yield from loader
 
 
-def engine_batches(splits, batch_size: int, pipeline: BatchPipeline, generator: torch.Generator):
+def engine_batches(splits, batch_size: int, pipeline, generator: torch.Generator):
     while True:
         for _, images, labels in iterate_batches(splits.train, batch_size, shuffle=True, generator=generator):
             if len(labels) == batch_size:
@@ -118,13 +112,10 @@ def main() -> int:
     else:
         splits = load_data(DataConfig(source="synthetic", input_size=args.size))
     cfg = TrainConfig(lr=5e-4, precision=args.precision, device="cpu", input_size=args.size)
-    en_model = build_vgg("A", batch_norm=True, num_classes=len(splits.classes))
-    en_model.to(memory_format=torch.channels_last)
-    en_opt = make_optimizer(en_model, cfg)
-    en_net = training_net(cfg, en_model, en_opt)  # what the Trainer steps (the compact first Linear at 32 px)
-    dtype = choose_precision(args.precision, torch.device("cpu"))
-    pipe = BatchPipeline(mean, std, torch.device("cpu"), args.size, augment=True)
-    en_iter = engine_batches(splits, args.batch_size, pipe, torch.Generator().manual_seed(0))
+    prepared = prepare_model(cfg, tuple(splits.classes), mean, std)
+    t = start_training(cfg, splits, prepared)  # what a training steps (the compact first Linear at 32 px)
+    en_net, en_opt, dtype = t.net, t.optimizer, prepared.autocast_dtype
+    en_iter = engine_batches(splits, args.batch_size, t.pipeline, torch.Generator().manual_seed(0))
     print(f"engine precision: {dtype or 'fp32'}; threads {torch.get_num_threads()}", flush=True)
 
     def nb_step() -> float:

@@ -18,15 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vgg.allocator import tune_allocator  # noqa: E402
+from vgg.speedups.allocator import tune_allocator  # noqa: E402
 
 tune_allocator()  # as the app and the CLI do, before torch allocates
 
 from vgg.data import DataConfig, load_data  # noqa: E402
+from vgg.events import EpochEvent  # noqa: E402
 from vgg.resources import peak_rss_bytes  # noqa: E402
 from vgg.runs import RunStore  # noqa: E402
 from vgg.settings import data_dir  # noqa: E402
-from vgg.train import EpochEvent, TrainConfig, fit  # noqa: E402
+from vgg.train import TrainConfig, fit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 

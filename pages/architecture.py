@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
+from ui.lessons import Lessons
 from ui.shell import ensure_app_shell
 from vgg import summary
 from vgg.errors import VGGError
 from vgg.figures import architecture as figures
 from vgg.model import CONFIG_LABELS, CONFIG_NAMES, torchvision_name
 
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "architecture"
+lesson = Lessons("architecture")
 KEEP = {"persist_state": "page"}  # a value in a tab survives a look at another tab
 NUMBER_COLUMNS = {
     "parameters": st.column_config.NumberColumn(format="localized"),
@@ -26,10 +25,6 @@ NUMBER_COLUMNS = {
 @st.cache_data(show_spinner=False)
 def layer_table(config: str, batch_norm: bool, input_size: int, num_classes: int) -> pd.DataFrame:
     return summary.layer_table(config, batch_norm=batch_norm, input_size=input_size, num_classes=num_classes)
-
-
-def lesson(name: str) -> None:
-    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
 
 
 def model_ui() -> tuple[str, bool, int, int]:
@@ -60,7 +55,7 @@ cols[1].metric("Multiply-adds per image", summary.format_si(totals["total_macs"]
 cols[2].metric("Weight layers", summary.weight_layers(config))
 cols[3].metric("Weights in fp32", summary.format_bytes(totals["param_bytes"]))
 if torchvision_name(config, batch_norm) is None:
-    st.info((LESSONS / "no_weights.md").read_text(encoding="utf-8"), icon=":material/info:")
+    st.info(lesson.text("no_weights"), icon=":material/info:")
 
 tab_names = ["Layers", "Block diagram", "Paper's Table 1", "Lessons"]
 # Only the open tab runs and is sent: a pupil's browser draws 2 charts on arrival, not 6.

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
 from ui.common import run_store, show_error, status_badge
+from ui.lessons import Lessons
+from ui.runs import choose_run
 from ui.shell import ensure_app_shell
-from vgg import inference
+from vgg import gradcam, inference
 from vgg.errors import VGGError
 from vgg.figures import classify as figures
 from vgg.figures.evaluate import enlarge
@@ -18,14 +19,9 @@ from vgg.images import open_image
 from vgg.model import model_name, pretrained_available, torchvision_name, weights_cache_dir, weights_file_name
 from vgg.runs import RunInfo
 
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "classify"
+lessons = Lessons("classify")
 TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIZE = 320  # pictures are shown (and cached) at most this big
-
-
-def lesson(stem: str, **values: str) -> str:
-    text = (LESSONS / f"{stem}.md").read_text(encoding="utf-8")
-    return text.format(**values) if values else text
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
@@ -51,7 +47,7 @@ def classify(data: bytes, name: str, run_id: str, mtime: float, with_imagenet: b
     steps = inference.preprocess_steps(img, loaded)
     shown = img.copy()
     shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
-    heatmap = inference.grad_cam(loaded, img)
+    heatmap = gradcam.grad_cam(loaded, img)
     imagenet = None
     if with_imagenet:
         imagenet = inference.imagenet_top5(
@@ -64,29 +60,16 @@ def classify(data: bytes, name: str, run_id: str, mtime: float, with_imagenet: b
         "unsure": prediction.unsure,
         "resized": steps["resized"],
         "normalised": steps["normalised"].numpy(),
-        "overlay": np.asarray(inference.overlay_heatmap(shown, heatmap)),
+        "overlay": np.asarray(gradcam.overlay_heatmap(shown, heatmap)),
         "imagenet": imagenet,
     }
 
 
 def run_ui() -> RunInfo | None:
     """Choose one of the runs with a best checkpoint (default: the run chosen on another page)."""
-    runs = [r for r in run_store().list_runs() if r.has_best]
-    if not runs:
-        st.info("No trained model yet: train a model first on the **Train** page.", icon=":material/info:")
+    info = choose_run("classify_run", empty="No trained model yet: train a model first on the **Train** page.")
+    if info is None:
         return None
-    ids = [r.run_id for r in runs]
-    chosen = st.session_state.get("chosen_run")
-    by_id = {r.run_id: r for r in runs}
-    run_id = st.selectbox(
-        "Run",
-        ids,
-        index=ids.index(chosen) if chosen in by_id else 0,
-        key="classify_run",
-        format_func=lambda i: f"{i} · {by_id[i].status}",
-    )
-    st.session_state["chosen_run"] = run_id
-    info = by_id[run_id]
     accuracy = info.summary.get("test_accuracy") or info.summary.get("best_val_accuracy")
     st.caption(
         f"{status_badge(info.status)} {len(info.summary.get('classes') or info.config.get('classes') or [])} "
@@ -102,7 +85,7 @@ def pictures_ui() -> list[tuple[str, str, bytes]]:
     )
     pictures = [(f.file_id, f.name, f.getvalue()) for f in files or []]
     if st.toggle("Take a picture with the camera", key="classify_camera_on"):
-        st.caption(lesson("camera"))
+        st.caption(lessons.text("camera"))
         shot = st.camera_input("Camera", key="classify_camera")
         if shot is not None:
             pictures.append((shot.file_id, "camera picture", shot.getvalue()))
@@ -127,7 +110,7 @@ def show_picture(file_id: str, name: str, result: dict[str, Any], loaded: infere
     )
     right.image(result["overlay"], caption=f"Grad-CAM: where the evidence for “{label}” is")
     if result["unsure"]:
-        st.info(lesson("unsure", confidence=f"{confidence:.0%}", label=label), icon=":material/help:")
+        st.info(lessons.text("unsure", confidence=f"{confidence:.0%}", label=label), icon=":material/help:")
     with st.expander("Preprocessing step by step"):
         steps = st.columns(3)
         steps[0].image(result["image"], caption="1 · original")
@@ -161,8 +144,8 @@ def show_picture(file_id: str, name: str, result: dict[str, Any], loaded: infere
 
 def imagenet_note(loaded: inference.LoadedModel) -> str:
     if torchvision_name(loaded.config, loaded.batch_norm) is None:
-        return lesson("imagenet_unpublished", name=model_name(loaded.config, loaded.batch_norm))
-    return lesson(
+        return lessons.text("imagenet_unpublished", name=model_name(loaded.config, loaded.batch_norm))
+    return lessons.text(
         "imagenet_missing",
         name=loaded.name,
         file=weights_file_name(loaded.config, loaded.batch_norm),
@@ -172,7 +155,7 @@ def imagenet_note(loaded: inference.LoadedModel) -> str:
 
 ensure_app_shell()
 st.title("Classify")
-st.markdown(lesson("intro"))
+lessons("intro")
 info = run_ui()
 if info is None:
     st.stop()
@@ -203,4 +186,4 @@ for file_id, name, data in pictures:
 
 with st.expander("Lessons: preprocessing, Grad-CAM and the pretrained model", icon=":material/school:"):
     for part in ("preprocessing", "grad_cam", "imagenet"):
-        st.markdown(lesson(part))
+        lessons(part)

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from ui.common import (
-    current_data, data_label, data_registry, job_manager, poll_interval, rerun_when_finished, run_store,
-    session_id, show_error, watcher_pace,
+    current_data,
+    data_label,
+    data_registry,
+    job_manager,
+    poll_interval,
+    rerun_when_finished,
+    run_store,
+    session_id,
+    show_error,
+    watcher_pace,
 )
-from ui.live import job_header, live_figure
+from ui.jobs import job_header
+from ui.lessons import Lessons
+from ui.live import live_figure
 from ui.shell import ensure_app_shell
 from vgg import compare
 from vgg.data import CIFAR10_CLASSES
+from vgg.data.synthetic import SHAPE_CLASSES
 from vgg.errors import VGGError
 from vgg.figures import compare as figures
 from vgg.jobs import JobSnapshot, UnknownJobError
 from vgg.model import pretrained_available, weights_cache_dir, weights_file_name
 from vgg.runs import RunInfo
-from vgg.synthetic import SHAPE_CLASSES
 from vgg.train import TrainConfig
 
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "compare"
+lesson = Lessons("compare")
 RACE_MODEL = ("A", True)  # VGG11 with batch norm: the cheapest model with published ImageNet weights
 TABLE_ORDER = ("run", "status", "init", "best_val_accuracy", "test_accuracy", "epochs", "seconds",
                "images_per_second", "model", "data", "classes")
@@ -34,10 +43,6 @@ TABLE_COLUMNS = {
     "seconds": st.column_config.NumberColumn("seconds", format="%.0f"),
     "images_per_second": st.column_config.NumberColumn("images/s", format="%.0f"),
 }
-
-
-def lesson(name: str, **values: str) -> None:
-    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8").format(**values))
 
 
 def run_label(info: RunInfo) -> str:

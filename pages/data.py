@@ -8,24 +8,27 @@ import pandas as pd
 import streamlit as st
 
 from ui.common import (
-    current_data, data_label, data_registry, image_folders, set_current_data, show_data_loading,
+    current_data,
+    data_label,
+    data_registry,
+    image_folders,
+    set_current_data,
+    show_data_loading,
 )
+from ui.lessons import Lessons
 from ui.shell import ensure_app_shell
 from vgg import data as vdata
+from vgg.augment import default_pad
 from vgg.data import DataConfig, DataSplits
 from vgg.errors import VGGError
 from vgg.figures import data as figures
 from vgg.model import imagenet_weights
 from vgg.settings import data_dir
 
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "data"
+lesson = Lessons("data")
 SOURCES = {"synthetic": "Synthetic shapes (no download)", "cifar10": "CIFAR-10", "folder": "An image folder"}
 GRID_CLASSES, GRID_PER_CLASS, VIEWS = 10, 8, 8
 KEEP = {"persist_state": "session"}  # the choice survives a visit to another page
-
-
-def lesson(name: str, **values: str) -> None:
-    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8").format(**values))
 
 
 @st.cache_data(show_spinner=False)
@@ -95,7 +98,7 @@ def augmentation_preview(splits: DataSplits) -> None:
     on = [col.toggle(name, True, key=f"aug_{key}_on") for col, name, key in transforms]
     rotate = rot.slider("Rotation up to ± (°)", 0, 45, 5, key="aug_rotate", disabled=not on[0])
     flip_p = flip.slider("Flip probability", 0.0, 1.0, 0.5, key="aug_flip", disabled=not on[1])
-    pad = crop.slider("Padding (px)", 1, max(2, splits.input_size // 4), vdata.default_pad(splits.input_size),
+    pad = crop.slider("Padding (px)", 1, max(2, splits.input_size // 4), default_pad(splits.input_size),
                       key="aug_pad", disabled=not on[2])
     rotate, flip_p, pad = (rotate if on[0] else 0), (flip_p if on[1] else 0.0), (pad if on[2] else 0)
     image = splits.train.images[int(index)]

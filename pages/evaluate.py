@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,44 +18,32 @@ from ui.common import (
     show_error,
     status_badge,
 )
+from ui.lessons import Lessons
+from ui.runs import choose_run
 from ui.shell import ensure_app_shell
 from vgg import analysis, inference
 from vgg.data import DataConfig, TensorData
 from vgg.errors import VGGError
+from vgg.evaluate import Predictions, load_run_predictions
 from vgg.figures import evaluate as figures
-from vgg.jobs import JobContext, JobSnapshot, JobStatus
+from vgg.jobs import JobSnapshot, JobStatus
 from vgg.runs import RunInfo
+from vgg.tasks import evaluate_task
 
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "evaluate"
+lesson = Lessons("evaluate")
 SECTIONS = ["Accuracy", "Confusion matrix", "Mistakes", "Representations", "Filters", "Downloads"]
 MAX_CELL_IMAGES = 30
 FILTERED_IMAGES = 3
-
-
-def lesson(name: str) -> None:
-    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
 
 
 def mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
-@st.cache_data(max_entries=8, show_spinner="Reading the test-set predictions…")
-def load_predictions(run_id: str, _mtime: float) -> dict[str, Any]:
-    """predictions.pt as NumPy arrays (keyed by the file's mtime, so a re-evaluation is seen)."""
-    p = run_store().load_predictions(run_id)
-    hidden = p.get("hidden")
-    return {
-        "labels": np.asarray(p["labels"], dtype=np.int64),
-        "probs": p["probabilities"].float().numpy(),
-        # the predicted classes as the run counted them (argmax of float32 probabilities); files
-        # written before they were stored: argmax of the float16 ones, where near-ties can differ
-        "preds": (np.asarray(p["predicted"], dtype=np.int64) if p.get("predicted") is not None
-                  else p["probabilities"].float().numpy().argmax(1)),
-        "hidden": hidden.float().numpy() if hidden is not None else None,
-        "classes": list(p["classes"]),
-        "loss": p.get("loss"),
-    }
+@st.cache_resource(max_entries=8, show_spinner="Reading the test-set predictions…")
+def load_predictions(run_id: str, _mtime: float) -> Predictions:
+    """predictions.pt (keyed by the file's mtime, so a re-evaluation is seen); shared, read only."""
+    return load_run_predictions(run_store(), run_id)
 
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the model…")
@@ -67,45 +54,8 @@ def cached_model(run_id: str, _mtime: float) -> inference.LoadedModel:
 @st.cache_data(max_entries=16, show_spinner="Computing…")
 def embed(run_id: str, _mtime: float, kind: str, method: str, seed: int) -> analysis.Embedding2D:
     p = load_predictions(run_id, _mtime)
-    features = p["hidden"] if kind == "hidden" else p["probs"]
+    features = p.hidden if kind == "hidden" else p.probabilities
     return analysis.pca_2d(features) if method == "PCA" else analysis.tsne_2d(features, seed=seed)
-
-
-def run_ui() -> RunInfo | None:
-    runs = [r for r in run_store().list_runs() if r.has_best]
-    if not runs:
-        st.info(
-            "No run with a checkpoint yet: train a model first on the **Train** page.", icon=":material/info:"
-        )
-        return None
-    by_id = {r.run_id: r for r in runs}
-    ids = list(by_id)
-    chosen = st.session_state.get("chosen_run")
-    run_id = st.selectbox(
-        "Run",
-        ids,
-        index=ids.index(chosen) if chosen in by_id else 0,
-        key="evaluate_run",
-        format_func=lambda i: f"{i} · {by_id[i].status}",
-    )
-    st.session_state["chosen_run"] = run_id
-    info = by_id[run_id]
-    st.caption(f"{status_badge(info.status)} {info.message if info.message != info.status else ''}")
-    return info
-
-
-def evaluate_job(run_id: str, data_cfg: DataConfig) -> Callable[[JobContext], float]:
-    store, registry = run_store(), data_registry()
-
-    def run(ctx: JobContext) -> float:
-        ctx.publish(message="loading the data set", progress=0.0)
-        splits = registry.get(data_cfg, lambda done, total, msg: ctx.publish(message=msg))
-        ctx.publish(message=f"evaluating best.pt on {len(splits.test)} test images", progress=0.5)
-        predictions = inference.evaluate_run(store, run_id, splits, cancel=ctx.cancel_event)
-        ctx.publish(message=f"test accuracy {predictions['accuracy']:.1%}", progress=1.0)
-        return float(predictions["accuracy"])
-
-    return run
 
 
 def evaluate_now(info: RunInfo, data_cfg: DataConfig | None) -> None:
@@ -121,20 +71,11 @@ def evaluate_now(info: RunInfo, data_cfg: DataConfig | None) -> None:
     if job is not None and job.status is JobStatus.FAILED:
         show_error(job.error or "the evaluation failed")
     if job is None or job.finished:
-        if st.button(
-            "Evaluate the best checkpoint now",
-            type="primary",
-            icon=":material/play_arrow:",
-            key="evaluate_now",
-            disabled=data_cfg is None,
-        ):
-            job_manager().submit(
-                "evaluate",
-                f"Evaluate {info.run_id}",
-                evaluate_job(info.run_id, data_cfg),
-                key=key,
-                owner=session_id(),
-            )
+        if st.button("Evaluate the best checkpoint now", type="primary", icon=":material/play_arrow:",
+                     key="evaluate_now", disabled=data_cfg is None):
+            job_manager().submit("evaluate", f"Evaluate {info.run_id}",
+                                 evaluate_task(info.run_id, data_cfg, data_registry(), run_store()),
+                                 key=key, owner=session_id())
             st.rerun()
         return
 
@@ -212,20 +153,18 @@ def mistakes_section(
     st.caption("Caption: true class and its probability → predicted class and its probability.")
 
 
-def representations_section(info: RunInfo, stamp: float, p: dict[str, Any]) -> None:
+def representations_section(info: RunInfo, stamp: float, p: Predictions) -> None:
     lesson("representations")
-    kinds = {"probs": "output probabilities"} | (
-        {"hidden": "hidden layer (4096-d)"} if p["hidden"] is not None else {}
-    )
+    kinds = {"probs": "output probabilities"} | ({"hidden": "hidden layer (4096-d)"} if p.hidden is not None else {})
     kind = st.radio("Representation", list(kinds), format_func=kinds.get, horizontal=True, key="repr_kind")
-    labels = p["labels"][: len(p["hidden"])] if kind == "hidden" else p["labels"]
+    labels = p.labels.numpy()[p.hidden_rows] if kind == "hidden" else p.labels.numpy()
     pca = embed(info.run_id, stamp, kind, "PCA", 0)
     x_share, y_share = pca.explained or (0.0, 0.0)
     st.plotly_chart(
         figures.embedding_figure(
             pca.points,
             labels[pca.index],
-            p["classes"],
+            list(p.classes),
             title=f"PCA of the {kinds[kind]}",
             axis_titles=(f"PC 1 ({x_share:.0%} of the variance)", f"PC 2 ({y_share:.0%})"),
         ),
@@ -242,7 +181,7 @@ def representations_section(info: RunInfo, stamp: float, p: dict[str, Any]) -> N
             figures.embedding_figure(
                 tsne.points,
                 labels[tsne.index],
-                p["classes"],
+                list(p.classes),
                 title=f"t-SNE of the {kinds[kind]} ({len(tsne.index)} test images)",
             ),
             key="tsne",
@@ -321,14 +260,13 @@ def downloads_section(info: RunInfo, table: Any) -> None:
 ensure_app_shell()
 st.title("Evaluate")
 lesson("intro")
-info = run_ui()
+info = choose_run("evaluate_run", empty="No run with a checkpoint yet: train a model first on the **Train** page.")
 if info is None:
     st.stop()
+st.caption(f"{status_badge(info.status)} {info.message if info.message != info.status else ''}")
 if info.status == "running":
-    st.info(
-        "This run is still training: its test-set evaluation comes when it finishes.",
-        icon=":material/hourglass:",
-    )
+    st.info("This run is still training: its test-set evaluation comes when it finishes.",
+            icon=":material/hourglass:")
     st.stop()
 try:
     data_cfg: DataConfig | None = inference.run_data_config(info.config)
@@ -342,15 +280,14 @@ if not info.has_predictions:
 stamp = mtime(info.path / "predictions.pt")
 try:
     p = load_predictions(info.run_id, stamp)
-except (VGGError, KeyError, AttributeError) as e:
-    show_error(e if isinstance(e, VGGError) else f"predictions.pt of {info.run_id} is malformed: {e}")
+except VGGError as e:
+    show_error(e)
     st.stop()
-labels, probs, classes = p["labels"], p["probs"], p["classes"]
-preds = p["preds"]
-accuracy = float((preds == labels).mean()) if len(labels) else float("nan")
-loss = next((v for v in (info.summary.get("test_loss"), p["loss"]) if isinstance(v, (int, float))), None)
+labels, probs, classes = p.labels.numpy(), p.probabilities.float().numpy(), list(p.classes)
+preds = p.predicted.numpy()
+loss = next((v for v in (info.summary.get("test_loss"), p.loss) if isinstance(v, (int, float))), None)
 cols = st.columns(4)
-cols[0].metric("Test accuracy", f"{accuracy:.1%}")
+cols[0].metric("Test accuracy", f"{p.accuracy:.1%}")
 cols[1].metric("Test loss", f"{loss:.3f}" if isinstance(loss, (int, float)) else "—")
 cols[2].metric("Test images", f"{len(labels):,}")
 best_val = info.summary.get("best_val_accuracy")
@@ -362,19 +299,16 @@ if test is not None and (len(test) != len(labels) or not np.array_equal(test.lab
     st.warning("The run's data set no longer gives the same test images, so no images are shown.")
     test = None
 
-table = analysis.per_class_accuracy(labels, preds, classes)
+table = p.per_class()
 tabs = st.tabs(SECTIONS, key="evaluate_section", on_change="rerun")
 for tab, section in zip(tabs, SECTIONS, strict=True):
     if not tab.open:
         continue
     with tab:
         if section == "Accuracy":
-            st.plotly_chart(figures.per_class_figure(table, overall=accuracy), key="per_class")
-            st.dataframe(
-                table,
-                hide_index=True,
-                column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
-            )
+            st.plotly_chart(figures.per_class_figure(table, overall=p.accuracy), key="per_class")
+            st.dataframe(table, hide_index=True,
+                         column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
         elif section == "Confusion matrix":
             confusion_section(labels, preds, probs, classes, test)
         elif section == "Mistakes":

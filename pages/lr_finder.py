@@ -2,77 +2,52 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui.common import (
-    current_data,
-    data_label,
-    data_registry,
-    job_manager,
-    poll_interval,
-    rerun_when_finished,
-    run_store,
-    show_error,
-)
-from ui.live import (
-    cached_figure,
-    config_key,
-    describe_job_error,
-    init_ui,
-    job_config,
-    job_header,
-    others_active,
-    page_link,
-    submit_job,
-    watched_job,
-)
-from ui.shell import ensure_app_shell
+from ui.common import current_data, data_label, data_registry, run_store, show_error
+from ui.jobs import config_key, describe_job_error, job_config, live_job_view, submit_job, watched_job
+from ui.lessons import Lessons
+from ui.live import cached_figure
+from ui.shell import ensure_app_shell, page_link
+from ui.weights import init_ui
 from vgg.errors import VGGError
 from vgg.figures import training as figures
-from vgg.jobs import JobSnapshot, UnknownJobError
+from vgg.jobs import JobSnapshot
 from vgg.lr_finder import MIN_POINTS, RULES, LRFinderConfig, lr_schedule
 from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
 from vgg.tasks import lr_find_task
 from vgg.train import OPTIMIZERS, TrainConfig
 
-
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "lr_finder"
+lesson = Lessons("lr_finder")
 JOB = "lrf_job"  # st.session_state key: id of this session's latest range test
 RULE_TITLES = {"steepest": "Steepest slope", "valley": "Valley (fastai's default)",
                "min_div10": "Minimum ÷ 10"}
 S = {"persist_state": "session"}  # settings survive a visit to another page
-
-
-def lesson(name: str) -> None:
-    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
+D, R = TrainConfig(), LRFinderConfig()  # the defaults, written once
 
 
 def model_ui() -> tuple[TrainConfig | None, LRFinderConfig | None, bool]:
     """The model, its starting weights and the range test's settings; (None, None, False) if invalid."""
     a, b, c, d = st.columns([2.2, 1, 1.3, 1], vertical_alignment="bottom")
-    config = a.selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get, key="lrf-config", **S)
-    batch_norm = b.toggle("Batch norm", value=True, key="lrf-bn", **S)
+    config = a.selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(D.config),
+                         format_func=CONFIG_LABELS.get, key="lrf-config", **S)
+    batch_norm = b.toggle("Batch norm", value=D.batch_norm, key="lrf-bn", **S)
     optimizer = c.selectbox("Optimizer", OPTIMIZERS, key="lrf-optimizer", **S)
-    batch_size = d.number_input("Batch size", 0, 100_000, 128, key="lrf-batch", **S)
+    batch_size = d.number_input("Batch size", 0, 100_000, D.batch_size, key="lrf-batch", **S)
     init = init_ui(config, batch_norm, key="lrf")
     freeze = st.selectbox("Freeze", FREEZE_MODES, key="lrf-freeze", disabled=init in (None, "scratch"),
                           help="Which weights stay fixed; only possible from trained weights.", **S)
     # Loose bounds: an out-of-range value reaches LRFinderConfig, whose message says what is allowed.
     with st.expander("Range test settings (the notebook's defaults)"):
         cols = st.columns(4)
-        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, LRFinderConfig.start_lr, format="%.1e",
-                                         key="lrf-start-lr", **S)
-        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, LRFinderConfig.end_lr, format="%.1e",
-                                       key="lrf-end-lr", **S)
-        num_iter = cols[2].number_input("num_iter", 0, 100_000, LRFinderConfig.num_iter, key="lrf-num-iter",
-                                         **S)
-        smooth_f = cols[3].number_input("smooth_f", 0.0, 1.0, 0.05, step=0.01, key="lrf-smooth", **S)
-        diverge_th = cols[0].number_input("diverge_th", 0.0, 1000.0, 5.0, key="lrf-diverge", **S)
-        skip_start = cols[1].number_input("skip_start", 0, 10_000, 10, key="lrf-skip-start", **S)
-        skip_end = cols[2].number_input("skip_end", 0, 10_000, 5, key="lrf-skip-end", **S)
+        start_lr = cols[0].number_input("start_lr", 0.0, 100.0, R.start_lr, format="%.1e", key="lrf-start-lr", **S)
+        end_lr = cols[1].number_input("end_lr", 0.0, 1000.0, R.end_lr, format="%.1e", key="lrf-end-lr", **S)
+        num_iter = cols[2].number_input("num_iter", 0, 100_000, R.num_iter, key="lrf-num-iter", **S)
+        smooth_f = cols[3].number_input("smooth_f", 0.0, 1.0, R.smooth_f, step=0.01, key="lrf-smooth", **S)
+        diverge_th = cols[0].number_input("diverge_th", 0.0, 1000.0, R.diverge_th, key="lrf-diverge", **S)
+        skip_start = cols[1].number_input("skip_start", 0, 10_000, R.skip_start, key="lrf-skip-start", **S)
+        skip_end = cols[2].number_input("skip_end", 0, 10_000, R.skip_end, key="lrf-skip-end", **S)
     try:
         cfg = TrainConfig(config=config, batch_norm=batch_norm, init=init or "scratch",
                           freeze=freeze if init not in (None, "scratch") else "none", optimizer=optimizer,
@@ -90,9 +65,9 @@ def range_settings() -> LRFinderConfig | None:
     """The schedule's settings as last set on the Range test tab (kept while the tab is closed)."""
     state = st.session_state
     try:
-        return LRFinderConfig(start_lr=float(state.get("lrf-start-lr", LRFinderConfig.start_lr)),
-                              end_lr=float(state.get("lrf-end-lr", LRFinderConfig.end_lr)),
-                              num_iter=int(state.get("lrf-num-iter", LRFinderConfig.num_iter)))
+        return LRFinderConfig(start_lr=float(state.get("lrf-start-lr", R.start_lr)),
+                              end_lr=float(state.get("lrf-end-lr", R.end_lr)),
+                              num_iter=int(state.get("lrf-num-iter", R.num_iter)))
     except VGGError:
         return None  # the Range test tab says what is wrong
 
@@ -112,21 +87,9 @@ def curve_figure(snap: JobSnapshot) -> go.Figure:
         skip_start=skips[0], skip_end=skips[1])
 
 
-def live_view(first: JobSnapshot) -> None:
-    @st.fragment(run_every=poll_interval([first], "lr_finder"))
-    def live() -> None:
-        try:
-            snap = job_manager().snapshot(first.id)
-        except UnknownJobError:
-            st.rerun(scope="app")
-        rerun_when_finished("lr_finder", [snap])
-        job_header(snap, stop_key="lrf-stop")
-        for other in others_active("lr_find", snap.id):
-            st.caption(f"Also queued or running for someone else: {other.title} ({other.progress:.0%}).")
-        st.plotly_chart(cached_figure("lr_finder", snap, lambda: curve_figure(snap),
-                                      job_config(JOB, snap.id)), key="lrf-chart")
-
-    live()
+def draw_live(snap: JobSnapshot) -> None:
+    st.plotly_chart(cached_figure("lr_finder", snap, lambda: curve_figure(snap), job_config(JOB, snap.id)),
+                    key="lrf-chart")
 
 
 def choose_lr(lr: float) -> None:
@@ -171,9 +134,7 @@ if test_tab.open:
             cfg, lr_cfg, usable = model_ui()
         if st.button("Start the range test", type="primary", key="lrf-start", icon=":material/play_arrow:",
                      disabled=cfg is None or not usable):
-            title = (f"LR range test · {cfg.config}{'-BN' if cfg.batch_norm else ''} · "
-                     f"{cfg.init.split(':')[0]}")
-            submit_job("lr_find", title, lr_find_task(cfg, lr_cfg, data_registry(), run_store()),
+            submit_job("lr_find", cfg.title("lr_find"), lr_find_task(cfg, lr_cfg, data_registry(), run_store()),
                        config_key("lr_find", cfg, lr_cfg), JOB, config=lr_cfg)
         chosen = st.session_state.get("chosen_lr")
         if chosen is not None:
@@ -183,7 +144,7 @@ if test_tab.open:
         if snap is None:
             st.info("No range test yet: choose the settings and press Start.", icon=":material/info:")
         else:
-            live_view(snap)
+            live_job_view(snap, key="lr_finder", stop_key="lrf-stop", draw=draw_live)
             if snap.finished:
                 results(snap)
 

@@ -1,73 +1,48 @@
-"""Train page: every TrainConfig option, a cost estimate, one run in the background, its curves live."""
+"""Train page: every TrainConfig option, a cost estimate, one run in the background, its curves live.
+
+Longer than most pages (about 230 lines) because it shows every option of ``TrainConfig`` and the
+four playable lessons of its second tab; all computing is ``vgg``'s (the cost in ``vgg.cost``,
+figures in ``vgg.figures.training``, the job in ``vgg.tasks``).
+"""
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image
 
-from ui.common import (
-    current_data,
-    data_label,
-    data_registry,
-    job_manager,
-    poll_interval,
-    rerun_when_finished,
-    run_store,
-    show_error,
-)
-from ui.live import (
-    PROBE_AUTO_MACS,
-    cached_figure,
+from ui.common import current_data, data_label, data_registry, job_manager, run_store, show_error
+from ui.jobs import (
     config_key,
     describe_job_error,
     format_seconds,
-    forward_totals,
-    init_ui,
     job_config,
-    job_header,
-    others_active,
-    page_link,
-    probe_macs,
-    shared,
-    speed_probe,
+    live_job_view,
     submit_job,
     watched_job,
 )
-from ui.shell import ensure_app_shell
+from ui.lessons import Lessons
+from ui.live import cached_figure, shared
+from ui.runs import set_chosen_run
+from ui.shell import ensure_app_shell, page_link
+from ui.weights import init_ui
+from vgg import cost, summary
 from vgg.errors import VGGError
+from vgg.events import EpochEvent, StepEvent
 from vgg.figures import training as figures
-from vgg.jobs import JobSnapshot, UnknownJobError
+from vgg.jobs import JobSnapshot
 from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
-from vgg.resources import estimate_training_memory
 from vgg.settings import resolve_device
-from vgg.summary import format_bytes, format_si
 from vgg.tasks import train_task
-from vgg.train import (
-    DEVICES,
-    OPTIMIZERS,
-    PRECISIONS,
-    SCHEDULES,
-    EpochEvent,
-    StepEvent,
-    TrainConfig,
-    onecycle_factor,
-)
+from vgg.train import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, onecycle_factor
 
-LESSONS = Path(__file__).resolve().parent.parent / "assets" / "train"
+lesson = Lessons("train")
 JOB = "train_job"  # st.session_state key: id of this session's latest training job
 S = {"persist_state": "session"}  # settings survive a visit to another page
 KEEP = {"persist_state": "page"}  # a lesson's value survives a look at the other tab
-
-
-def lesson(name: str) -> None:
-    st.markdown((LESSONS / f"{name}.md").read_text(encoding="utf-8"))
+D = TrainConfig()  # the defaults, written once
 
 
 def lr_default() -> None:
@@ -77,28 +52,28 @@ def lr_default() -> None:
     if chosen is not None and st.session_state.get("_train_lr_from") != chosen:
         st.session_state["train-lr"] = float(chosen)
         st.session_state["_train_lr_from"] = chosen
-    st.session_state.setdefault("train-lr", TrainConfig.lr)
+    st.session_state.setdefault("train-lr", D.lr)
 
 
 def settings_ui() -> tuple[TrainConfig | None, bool]:
     """Every TrainConfig option; (None, False) with the reason shown when a value is refused."""
     data = current_data()
     cols = st.columns([2.2, 1, 1, 1], vertical_alignment="bottom")
-    config = cols[0].selectbox("Configuration", CONFIG_NAMES, format_func=CONFIG_LABELS.get,
-                               key="train-config", **S)
-    batch_norm = cols[1].toggle("Batch norm", value=True, key="train-bn", **S)
+    config = cols[0].selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(D.config),
+                               format_func=CONFIG_LABELS.get, key="train-config", **S)
+    batch_norm = cols[1].toggle("Batch norm", value=D.batch_norm, key="train-bn", **S)
     optimizer = cols[2].selectbox("Optimizer", OPTIMIZERS, key="train-optimizer", **S)
     schedule = cols[3].selectbox("Schedule", SCHEDULES, key="train-schedule", **S)
     init = init_ui(config, batch_norm, key="train", allow_file=True)
     pretrained = init not in (None, "scratch")
     cols = st.columns(4)
     # Loose bounds: an out-of-range value reaches TrainConfig, whose message says what is allowed.
-    images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or 500,
+    images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or D.data.images_per_class,
                                   key="train-ipc", **S)
     size = cols[1].number_input("Input size (px)", 0, 10_000, data.input_size, step=32, key="train-size", **S,
                                 help="Images are resized on the fly when this differs from the data's size.")
-    epochs = cols[2].number_input("Epochs", 0, 10_000_000, 2, key="train-epochs", **S)
-    batch = cols[3].number_input("Batch size", 0, 1_000_000, 128, key="train-batch", **S)
+    epochs = cols[2].number_input("Epochs", 0, 10_000_000, D.epochs, key="train-epochs", **S)
+    batch = cols[3].number_input("Batch size", 0, 1_000_000, D.batch_size, key="train-batch", **S)
     cols = st.columns(4, vertical_alignment="bottom")
     lr_default()
     lr = cols[0].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr",
@@ -108,16 +83,17 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
                                  help="Discriminative fine-tuning: the convolutions learn at lr × ratio.")
     freeze = cols[2].selectbox("Freeze", FREEZE_MODES, key="train-freeze", disabled=not pretrained, **S,
                                help="Which weights stay fixed; only possible from trained weights.")
-    augment = cols[3].toggle("Augmentation", value=True, key="train-augment", **S,
+    augment = cols[3].toggle("Augmentation", value=D.augment, key="train-augment", **S,
                              help="Random flips, small rotations and crops of every training batch.")
     with st.expander("More settings"):
         cols = st.columns(3)
-        seed = cols[0].number_input("Seed", 0, 2**31 - 1, 0, key="train-seed", **S)
+        seed = cols[0].number_input("Seed", 0, 2**31 - 1, D.seed, key="train-seed", **S)
         device = cols[1].selectbox("Device", DEVICES, key="train-device", **S)
         precision = cols[2].selectbox("Precision", PRECISIONS, key="train-precision", **S)
         budget = cols[0].number_input("Time budget (s, 0 = none)", 0.0, 1e9, 0.0, key="train-budget", **S)
-        decay = cols[1].number_input("Weight decay", 0.0, 10.0, 0.0, format="%.1e", key="train-decay", **S)
-        momentum = cols[2].number_input("SGD momentum", 0.0, 10.0, 0.9, key="train-momentum", **S,
+        decay = cols[1].number_input("Weight decay", 0.0, 10.0, D.weight_decay, format="%.1e", key="train-decay",
+                                     **S)
+        momentum = cols[2].number_input("SGD momentum", 0.0, 10.0, D.momentum, key="train-momentum", **S,
                                         disabled=optimizer != "sgd")
     try:
         cfg = TrainConfig(
@@ -136,56 +112,38 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
 
 
 def cost_ui(cfg: TrainConfig) -> None:
-    """Seconds per epoch from multiply-adds and a short speed probe on this device; memory."""
+    """Multiply-adds and memory of the run; seconds per epoch once the speed probe has run."""
     splits = data_registry().peek(cfg.data)
     classes = len(splits.classes) if splits else 10  # before the data are loaded: CIFAR-10 and synthetic
     pool = cfg.data.images_per_class * classes
     n_train = len(splits.train) if splits else round(pool * (1 - cfg.data.val_fraction))
     n_val = len(splits.val) if splits else round(pool * cfg.data.val_fraction)
-    totals = forward_totals(cfg.config, cfg.batch_norm, cfg.model_input_size, classes)
-    epoch_macs = 3 * totals["total_macs"] * n_train + totals["total_macs"] * n_val  # training ≈ 3 × forward
-    memory = estimate_training_memory(cfg.config, cfg.batch_norm, cfg.model_input_size, cfg.batch_size,
-                                      classes, cfg.optimizer, freeze=cfg.freeze)
+    c = cost.training_cost(cfg, classes, n_train, n_val)
     cols = st.columns(4)
-    cols[0].metric("Multiply-adds per epoch", format_si(epoch_macs),
-                   help=f"{n_train:,} training images × 3 × {format_si(totals['total_macs'])} "
+    cols[0].metric("Multiply-adds per epoch", summary.format_si(c.epoch_macs),
+                   help=f"{n_train:,} training images × 3 × {summary.format_si(c.forward_macs)} "
                         f"(forward + backward) + {n_val:,} validation images")
-    cols[1].metric("Memory (estimate)", format_bytes(memory.total_bytes),
-                   help=f"Peak of a training step: {memory.describe()}")
-    probe_args = (cfg.config, cfg.batch_norm, cfg.model_input_size, classes, cfg.device, cfg.optimizer,
-                  cfg.freeze, cfg.precision)
-    probed = st.session_state.setdefault("_train_probed", set())  # measured already (cached)
-    cheap = probe_macs(totals["total_macs"]) < PROBE_AUTO_MACS and not job_manager().active()
-    if not (cheap or probe_args in probed):
+    cols[1].metric("Memory (estimate)", summary.format_bytes(c.memory.total_bytes),
+                   help=f"Peak of a training step: {c.memory.describe()}")
+    probe = cost.probe_key(cfg, classes)
+    probed = st.session_state.setdefault("_train_probed", set())  # measured already (remembered by vgg.cost)
+    if not ((c.probe_is_cheap and not job_manager().active()) or probe in probed):
         if not cols[2].button("Measure speed", key="train-probe", icon=":material/speed:"):
             cols[3].caption("The speed probe waits for a click while a job runs or for large models.")
             return
-    probed.add(probe_args)
+    probed.add(probe)
     try:
-        per_step, per_image = speed_probe(*probe_args)
+        with st.spinner("Measuring this device's speed (once per model, size and device)…"):
+            per_step, per_image = cost.speed_probe(cfg, classes)
     except (VGGError, RuntimeError) as error:
         show_error(error)
         return
-    steps = math.ceil(n_train / cfg.batch_size)
-    epoch_s = steps * per_step + n_train * per_image + n_val * per_image / 3
+    epoch_s = c.epoch_seconds(per_step, per_image)
     cols[2].metric("Seconds per epoch", format_seconds(epoch_s),
-                   help=f"Speed probe on this device: {format_si(3 * totals['total_macs'] / per_image)} "
+                   help=f"Speed probe on this device: {summary.format_si(3 * c.forward_macs / per_image)} "
                         f"multiply-adds/s, plus {per_step:.2f} s per step for the optimizer's update "
-                        f"({steps} steps per epoch)")
+                        f"({c.steps_per_epoch} steps per epoch)")
     cols[3].metric(f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}", format_seconds(epoch_s * cfg.epochs))
-
-
-def curves(snap: JobSnapshot, smoothing: float) -> tuple[go.Figure, go.Figure]:
-    steps = [e for e in snap.history if isinstance(e, StepEvent)]
-    epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
-    starts = [s.step for prev, s in zip(steps, steps[1:], strict=False) if s.epoch != prev.epoch]
-    step_fig = figures.step_curves_figure([s.step for s in steps], [s.loss for s in steps],
-                                          [s.accuracy for s in steps], [s.lr for s in steps],
-                                          smoothing=smoothing, epoch_starts=starts)
-    epoch_fig = figures.epoch_curves_figure([e.epoch for e in epochs], [e.train_loss for e in epochs],
-                                            [e.val_loss for e in epochs], [e.train_accuracy for e in epochs],
-                                            [e.val_accuracy for e in epochs])
-    return step_fig, epoch_fig
 
 
 def train_config(snap: JobSnapshot) -> TrainConfig | None:
@@ -200,72 +158,38 @@ def train_config(snap: JobSnapshot) -> TrainConfig | None:
     return cfg
 
 
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def prediction_images(snap: JobSnapshot, event: EpochEvent) -> tuple[list[bytes], list[str]] | None:
-    """The epoch's sample predictions as bordered images (green right, red wrong) with captions."""
+def prediction_grid(snap: JobSnapshot, event: EpochEvent) -> tuple[list[bytes], list[str]] | None:
     cfg = train_config(snap)
     splits = data_registry().peek(cfg.data) if cfg is not None else None
     if splits is None or not event.samples:
         return None
-    images: list[bytes] = []
-    captions: list[str] = []
-    for s in event.samples:
-        img = splits.val.images[s.index].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
-        img = img.repeat(max(1, 64 // img.shape[0]), 0).repeat(max(1, 64 // img.shape[1]), 1)
-        ok = s.true == s.predicted
-        border = np.array((40, 160, 60) if ok else (210, 40, 40), dtype=np.uint8)
-        framed = np.empty((img.shape[0] + 8, img.shape[1] + 8, 3), dtype=np.uint8)
-        framed[:] = border
-        framed[4:-4, 4:-4] = img
-        images.append(png(framed))
-        true, pred = splits.classes[s.true], splits.classes[s.predicted]
-        captions.append(f"✓ {pred} {s.confidence:.0%}" if ok else f"✗ {pred} {s.confidence:.0%} (is {true})")
-    return images, captions
+    images = splits.val.images[[s.index for s in event.samples]].numpy()
+    return figures.prediction_grid(images, event.samples, splits.classes)
 
 
-def live_view(first: JobSnapshot) -> None:
-    @st.fragment(run_every=poll_interval([first], "train"))
-    def live() -> None:
-        try:
-            snap = job_manager().snapshot(first.id)
-        except UnknownJobError:
-            st.rerun(scope="app")
-        rerun_when_finished("train", [snap])
-        job_header(snap, stop_key="train-stop")
-        for other in others_active("train", snap.id):
-            st.caption(f"Also queued or running: {other.title} ({other.status.value}, {other.progress:.0%}).")
-        steps = [e for e in snap.history[-20:] if isinstance(e, StepEvent)]
-        if steps:
-            cols = st.columns(4)
-            rate = float(np.mean([s.images_per_second for s in steps[-10:]]))
-            cols[0].metric("Images/s", f"{rate:.1f}" if rate < 10 else f"{rate:.0f}")
-            cols[1].metric("Epoch", steps[-1].epoch)
-            cols[2].metric("Images seen", f"{steps[-1].images_seen:,}")
-            cols[3].metric("Loss (last step)", f"{steps[-1].loss:.3f}")
-        smoothing = st.slider("Smoothing", 0.0, 0.99, 0.6, key="train-smoothing")
-        step_fig, epoch_fig = cached_figure("train", snap, lambda: curves(snap, smoothing), smoothing)
-        st.plotly_chart(step_fig, key="train-steps")
-        epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
-        if not epochs:
-            st.caption("Training against validation, per epoch, appears when the first epoch ends.")
-        else:
-            st.plotly_chart(epoch_fig, key="train-epochs-chart")
-            grid = shared("train-grid", (snap.id, len(epochs)), lambda: prediction_images(snap, epochs[-1]))
-            if grid is not None:
-                st.markdown(f"**Validation predictions after epoch {epochs[-1].epoch}** "
-                            "(green: right, red: wrong; the percentage is the model's confidence)")
-                st.image(grid[0], caption=grid[1], width=88)
-
-    live()
-
-
-def percent(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1%}"
+def draw_live(snap: JobSnapshot) -> None:
+    steps = [e for e in snap.history[-20:] if isinstance(e, StepEvent)]
+    if steps:
+        cols = st.columns(4)
+        rate = float(np.mean([s.images_per_second for s in steps[-10:]]))
+        cols[0].metric("Images/s", f"{rate:.1f}" if rate < 10 else f"{rate:.0f}")
+        cols[1].metric("Epoch", steps[-1].epoch)
+        cols[2].metric("Images seen", f"{steps[-1].images_seen:,}")
+        cols[3].metric("Loss (last step)", f"{steps[-1].loss:.3f}")
+    smoothing = st.slider("Smoothing", 0.0, 0.99, 0.6, key="train-smoothing")
+    step_fig, epoch_fig = cached_figure("train", snap, lambda: figures.training_figures(snap.history, smoothing),
+                                        smoothing)
+    st.plotly_chart(step_fig, key="train-steps")
+    epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
+    if not epochs:
+        st.caption("Training against validation, per epoch, appears when the first epoch ends.")
+        return
+    st.plotly_chart(epoch_fig, key="train-epochs-chart")
+    grid = shared("train-grid", (snap.id, len(epochs)), lambda: prediction_grid(snap, epochs[-1]))
+    if grid is not None:
+        st.markdown(f"**Validation predictions after epoch {epochs[-1].epoch}** "
+                    "(green: right, red: wrong; the percentage is the model's confidence)")
+        st.image(grid[0], caption=grid[1], width=88)
 
 
 def finished(snap: JobSnapshot) -> None:
@@ -282,33 +206,53 @@ def finished(snap: JobSnapshot) -> None:
     run_id = snap.extra.get("run_id") or result.run_id
     if run_id and result.epochs_done > 0:  # a run stopped within its first epoch has no checkpoint
         if st.session_state.get("_chosen_from_job") != snap.id:  # once, so a later choice there sticks
-            st.session_state["chosen_run"] = run_id
+            set_chosen_run(run_id)
             st.session_state["_chosen_from_job"] = snap.id
         st.caption(f"Run `{run_id}` is saved; the Evaluate page opens it.")
         page_link("pages/evaluate.py", "Evaluate this run", icon=":material/fact_check:")
 
 
-def freeze_ui() -> None:
-    """Playable: how many parameters each freeze mode leaves to train, for the chosen model."""
-    config, batch_norm = st.session_state.get("train-config", "A"), st.session_state.get("train-bn", True)
-    totals = forward_totals(config, batch_norm, 32, 10)
-    trainable = {"none": totals["total_params"], "features": totals["fc_params"],
-                 "all_but_last": 4096 * 10 + 10}  # the new last layer: weights and biases
-    mode = st.segmented_control("Freeze mode", FREEZE_MODES, default="features", key="lesson-freeze", **KEEP)
-    mode = mode or "none"
-    share = trainable[mode] / totals["total_params"]
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def lessons_tab() -> None:
+    lesson("one_cycle")
+    cols = st.columns(3)
+    peak = cols[0].number_input("Peak lr", 1e-6, 10.0, 1e-3, format="%.1e", key="lesson-peak", **KEEP)
+    where = cols[1].slider("Where in the run (%)", 0, 100, 25, key="lesson-progress", **KEEP) / 100
+    compare = cols[2].toggle("Constant vs one-cycle", key="lesson-constant", **KEEP)
+    progress = [i / 200 for i in range(201)]
+    st.plotly_chart(figures.lr_schedule_figure(progress, [peak * onecycle_factor(p) for p in progress],
+                                               constant=peak / 2 if compare else None, marker=where))
+    if compare:
+        lesson("constant_vs_one_cycle")
+    lesson("discriminative")
+    ratio = st.slider("Feature LR ratio", 0.01, 1.0, 0.1, key="lesson-ratio", **KEEP)
+    st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, convolutional layers **{peak * ratio:.1e}**.")
+    lesson("freezing")
+    config, batch_norm = st.session_state.get("train-config", D.config), st.session_state.get("train-bn", D.batch_norm)
+    trainable = summary.trainable_by_freeze(config, batch_norm=batch_norm, num_classes=10)
+    mode = st.segmented_control("Freeze mode", FREEZE_MODES, default="features", key="lesson-freeze", **KEEP) or "none"
+    share = trainable[mode] / trainable["total"]
     st.metric(f"Parameters that learn in {CONFIG_LABELS[config]}{' with batch norm' if batch_norm else ''}, "
-              "10 classes", f"{trainable[mode]:,}", delta=f"{share:.1%} of {totals['total_params']:,}",
-              delta_color="off")
+              "10 classes", f"{trainable[mode]:,}", delta=f"{share:.1%} of {trainable['total']:,}", delta_color="off")
+    lesson("batch_epochs")
+    cols = st.columns(3)
+    n = cols[0].number_input("Training images", 1, 10_000_000, 4500, key="lesson-images", **KEEP)
+    bs = cols[1].select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], 128, key="lesson-batch", **KEEP)
+    ep = cols[2].number_input("Epochs", 1, 1000, 2, key="lesson-epochs", **KEEP)
+    per_epoch = math.ceil(n / bs)
+    st.markdown(f"{per_epoch:,} steps per epoch, **{per_epoch * ep:,} optimizer steps** in all; "
+                f"each image is seen {ep} time{'s' if ep > 1 else ''}.")
 
 
 ensure_app_shell()
 st.title("Train")
 lesson("intro")
-data = current_data()
-st.caption(f"Data set: {data_label(data)} (change it on the Data page).")
+st.caption(f"Data set: {data_label(current_data())} (change it on the Data page).")
 # Only the open tab runs and is sent (the Lessons tab's chart is not drawn for a watcher).
-train_tab, lessons_tab = st.tabs(["Training", "Lessons"], key="train_section", on_change="rerun")
+train_tab, lessons = st.tabs(["Training", "Lessons"], key="train_section", on_change="rerun")
 if train_tab.open:
     with train_tab:
         with st.container(border=True):
@@ -317,43 +261,15 @@ if train_tab.open:
             cost_ui(cfg)
         if st.button("Start training", type="primary", key="train-start", icon=":material/play_arrow:",
                      disabled=cfg is None or not usable):
-            title = (f"Training · {cfg.config}{'-BN' if cfg.batch_norm else ''} · "
-                     f"{cfg.init.split(':')[0]} · "
-                     f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}")
-            submit_job("train", title, train_task(cfg, data_registry(), run_store()),
+            submit_job("train", cfg.title(), train_task(cfg, data_registry(), run_store()),
                        config_key("train", cfg), JOB, config=cfg)
         snap = watched_job("train", JOB)
         if snap is None:
             st.info("No training yet: choose the settings and press Start.", icon=":material/info:")
         else:
-            live_view(snap)
+            live_job_view(snap, key="train", stop_key="train-stop", draw=draw_live)
             if snap.finished:
                 finished(snap)
-
-if lessons_tab.open:
-    with lessons_tab:
-        lesson("one_cycle")
-        cols = st.columns(3)
-        peak = cols[0].number_input("Peak lr", 1e-6, 10.0, 1e-3, format="%.1e", key="lesson-peak", **KEEP)
-        where = cols[1].slider("Where in the run (%)", 0, 100, 25, key="lesson-progress", **KEEP) / 100
-        compare = cols[2].toggle("Constant vs one-cycle", key="lesson-constant", **KEEP)
-        progress = [i / 200 for i in range(201)]
-        st.plotly_chart(figures.lr_schedule_figure(progress, [peak * onecycle_factor(p) for p in progress],
-                                                   constant=peak / 2 if compare else None, marker=where))
-        if compare:
-            lesson("constant_vs_one_cycle")
-        lesson("discriminative")
-        ratio = st.slider("Feature LR ratio", 0.01, 1.0, 0.1, key="lesson-ratio", **KEEP)
-        st.markdown(f"With a peak of {peak:.1e}: classifier **{peak:.1e}**, "
-                    f"convolutional layers **{peak * ratio:.1e}**.")
-        lesson("freezing")
-        freeze_ui()
-        lesson("batch_epochs")
-        cols = st.columns(3)
-        n = cols[0].number_input("Training images", 1, 10_000_000, 4500, key="lesson-images", **KEEP)
-        bs = cols[1].select_slider("Batch size", [8, 16, 32, 64, 128, 256, 512], 128, key="lesson-batch",
-                                   **KEEP)
-        ep = cols[2].number_input("Epochs", 1, 1000, 2, key="lesson-epochs", **KEEP)
-        per_epoch = math.ceil(n / bs)
-        st.markdown(f"{per_epoch:,} steps per epoch, **{per_epoch * ep:,} optimizer steps** in all; "
-                    f"each image is seen {ep} time{'s' if ep > 1 else ''}.")
+if lessons.open:
+    with lessons:
+        lessons_tab()

@@ -3,6 +3,11 @@
 Waits follow Streamlit's own Playwright tests: the app root carries the script state in
 ``data-test-script-state`` ("initial", "running", "notRunning", ...) and the connection in
 ``data-test-connection-state``. Every helper waits for a condition, never a fixed time.
+
+A rerun is proven by the server's answer: every context made with ``new_context`` counts the
+websocket messages its pages receive (``window.__vggFrames``). Watching the script state alone
+missed fast reruns: React can render "running" and "notRunning" in one batch, so the attribute
+never changes in the page.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -33,6 +38,27 @@ _WATCH_SCRIPT_STATE = """() => {
 }"""
 
 
+# Counts the messages every websocket of the page receives (Streamlit's are the server's answers).
+_COUNT_FRAMES = """(() => {
+    window.__vggFrames = 0;
+    const Native = window.WebSocket;
+    window.WebSocket = class extends Native {
+        constructor(...args) {
+            super(...args);
+            this.addEventListener("message", () => { window.__vggFrames += 1; });
+        }
+    };
+})();"""
+
+
+def new_context(browser: Browser, **options: object) -> BrowserContext:
+    """A fresh browser context (1400×900 unless ``options`` say otherwise) whose pages count the
+    server's websocket messages (see the module's text)."""
+    context = browser.new_context(**{"viewport": {"width": 1400, "height": 900}, **options})
+    context.add_init_script(_COUNT_FRAMES)
+    return context
+
+
 def wait_for_app(page: Page, timeout_ms: float = 60_000) -> None:
     """Wait until the app is connected and its script has finished running."""
     page.wait_for_selector(APP_CONNECTED, state="attached", timeout=timeout_ms)
@@ -40,10 +66,13 @@ def wait_for_app(page: Page, timeout_ms: float = 60_000) -> None:
 
 
 def run_and_wait(page: Page, action: Callable[[], object], timeout_ms: float = 60_000) -> None:
-    """Do ``action`` (a click, a key press), wait for the rerun it causes to start and end."""
+    """Do ``action`` (a click, a key press), wait for the rerun it causes to start and end: the
+    server's answer arrived (or the script state changed), and the script is idle again."""
     page.evaluate(_WATCH_SCRIPT_STATE)
+    before = page.evaluate("() => window.__vggFrames ?? 0")
     action()
-    page.wait_for_function("() => window.__vggScriptStateChanges > 0", timeout=timeout_ms)
+    page.wait_for_function("n => window.__vggScriptStateChanges > 0 || (window.__vggFrames ?? 0) > n", arg=before,
+                           timeout=timeout_ms)
     wait_for_app(page, timeout_ms)
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from vgg.allocator import tuned_environ
+from vgg.speedups.allocator import tuned_environ
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -181,7 +181,9 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A new browser context and tab (1400×900); a failed test leaves a screenshot in tests/artifacts."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    from tests.browser import new_context
+
+    context = new_context(browser)
     context.set_default_timeout(60_000)
     tab = context.new_page()
     yield tab

@@ -1,4 +1,4 @@
-"""vgg.allocator: with it, a training-sized buffer freed and allocated again costs no page faults."""
+"""vgg.speedups.allocator: with it, a training-sized buffer freed and allocated again costs no page faults."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 PROBE = textwrap.dedent("""
     import resource, sys
-    from vgg.allocator import tune_allocator
+    from vgg.speedups.allocator import tune_allocator
     tuned = tune_allocator() if sys.argv[1] == "1" else False
     import torch
     def step():
@@ -52,7 +52,7 @@ def test_a_freed_64_mb_buffer_is_reused_without_page_faults_and_memory_stays_bou
 
 
 def test_it_can_be_turned_off(monkeypatch) -> None:
-    from vgg import allocator
+    from vgg.speedups import allocator
 
     monkeypatch.setenv("VGG_MALLOC_TUNING", "0")
     monkeypatch.setattr(allocator, "_done", None)
@@ -64,7 +64,7 @@ def test_it_can_be_turned_off(monkeypatch) -> None:
 # process's start does not.
 THREADED = textwrap.dedent("""
     import resource, sys, threading
-    from vgg.allocator import tune_allocator
+    from vgg.speedups.allocator import tune_allocator
     import torch
     def churn():  # threads that allocate and exit, as a server's do, leaving arenas behind
         [bytearray(2000) for _ in range(20000)]
@@ -92,7 +92,7 @@ THREADED = textwrap.dedent("""
 
 
 def faults_per_step_in_a_job_thread(way: str) -> int:
-    from vgg.allocator import tuned_environ
+    from vgg.speedups.allocator import tuned_environ
 
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "VGG_MALLOC_TUNING")}
     if way == "environment":
@@ -109,7 +109,7 @@ def test_a_server_needs_the_tunables_from_its_start() -> None:
 
 
 def test_tuned_environ_keeps_other_tunables_and_can_be_turned_off() -> None:
-    from vgg.allocator import TUNABLES, tuned_environ
+    from vgg.speedups.allocator import TUNABLES, tuned_environ
 
     env = tuned_environ({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4", "X": "1"})
     assert env["X"] == "1"
@@ -119,15 +119,15 @@ def test_tuned_environ_keeps_other_tunables_and_can_be_turned_off() -> None:
 
 def test_python_dash_m_vgg_allocator_runs_a_command_tuned() -> None:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-m", "vgg.allocator", "-c",
-                          "from vgg.allocator import started_tuned, late_notice; print(started_tuned(), late_notice())"],
+    out = subprocess.run([sys.executable, "-m", "vgg.speedups.allocator", "-c",
+                          "from vgg.speedups.allocator import started_tuned, late_notice; print(started_tuned(), late_notice())"],
                          cwd=REPO, capture_output=True, text=True, timeout=60, check=True, env=env).stdout
     assert out.split() == ["True", "None"]
-    plain = subprocess.run([sys.executable, "-c", "from vgg.allocator import late_notice; print(late_notice())"],
+    plain = subprocess.run([sys.executable, "-c", "from vgg.speedups.allocator import late_notice; print(late_notice())"],
                            cwd=REPO, capture_output=True, text=True, timeout=60, check=True, env=env).stdout
     assert "make run" in plain  # started without: the server's log says how to start it
 
 
 def test_make_run_starts_the_server_through_vgg_allocator() -> None:
     result = subprocess.run(["make", "-n", "run"], cwd=REPO, capture_output=True, text=True)
-    assert "-m vgg.allocator -m streamlit run app.py" in result.stdout
+    assert "-m vgg.speedups.allocator -m streamlit run app.py" in result.stdout

@@ -36,14 +36,15 @@ from tests.browser import (
     assert_no_exception,
     goto_page,
     nav_links,
+    new_context,
     open_app,
     run_and_wait,
     screenshot,
     wait_for_app,
 )
 from vgg import inference
-from vgg.allocator import tuned_environ
 from vgg.runs import RunStore
+from vgg.speedups.allocator import tuned_environ
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -182,7 +183,7 @@ def crash(browser: Browser, module_tmp: Path) -> Iterator[Crash]:
     """Start a training from the UI, ``kill -9`` the server mid-run, start a new one on the same dirs."""
     base = module_tmp
     first = start_server(base, "server-before-kill")
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = new_context(browser)
     context.set_default_timeout(UI_TIMEOUT_MS)
     try:
         page = context.new_page()

@@ -14,6 +14,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from tests.browser import (
     assert_no_exception,
     goto_page,
+    new_context,
     open_app,
     run_and_wait,
     screenshot,
@@ -111,6 +112,7 @@ def test_lr_range_test_grows_live_then_suggests(page: Page, streamlit_server: st
     goto_page(page, streamlit_server, "LR finder")
     page.get_by_text("Range test settings").click()
     set_number(page, "num_iter", 40)  # long enough to watch it grow (a step takes ~0.1 s)
+    set_number(page, "diverge_th", 1000)  # all 40 batches: batch 8 can diverge early and end the job
     set_number(page, "Batch size", 8)
     click_button(page, "Start the range test")
     wait_for_plotly(page)
@@ -167,7 +169,7 @@ def test_two_browser_contexts_see_the_same_running_job(page: Page, browser: Brow
     job = re.compile(r"running\s*Training · A-BN · scratch · 2 epochs")
     expect(page.locator(SIDEBAR)).to_contain_text(job)
 
-    other = browser.new_context(viewport={"width": 1400, "height": 900})
+    other = new_context(browser)
     try:
         watcher = other.new_page()
         open_app(watcher, streamlit_server)  # another person, on another page

@@ -147,7 +147,7 @@ def test_usage_errors_exit_2_with_one_line() -> None:
     (["train", "--init", "/etc/weights.pth"], ["outside the allowed folders"]),
     (["train", "--init", "bad id!"], ["invalid run id", "bad id!"]),
     (["train", "--init", "../weights.bin"], [".pth"]),
-], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0] in cli.COMMANDS else None)
+], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0] in ("summary", "lr-find", "train", "evaluate", "predict", "runs") else None)
 def test_out_of_range_settings_are_refused_with_the_validation_message(args: list[str], fragments: list[str]) -> None:
     code, out, err = in_process(*args)
     assert code == 1
@@ -333,33 +333,36 @@ def test_ctrl_c_cancels_the_training_and_keeps_the_run(tmp_path: Path) -> None:
 
 
 def test_progress_bar_writes_lines_to_a_pipe_and_nothing_when_disabled() -> None:
+    from vgg.cli.progress import Progress
+
     stream = io.StringIO()
-    bar = cli.ProgressBar(stream, log_interval=0.0)
+    bar = Progress(stream, log_interval=0.0)
     bar.update(0.5, "epoch 1")
     bar.message("epoch 1 done")
     bar.update(None, "loading")
     bar.close()
-    lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("[") and "50%" in lines[0] and lines[0].endswith("epoch 1")
-    assert lines[1] == "epoch 1 done"
-    assert lines[2].endswith("loading")
+    lines = [line.strip("\r ") for line in stream.getvalue().splitlines() if line.strip("\r ")]
+    assert any("50%" in line and line.endswith("epoch 1") for line in lines), lines
+    assert "epoch 1 done" in lines
+    assert lines[-1].endswith("loading")
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     screen = Terminal()
-    live = cli.ProgressBar(screen, interval=0.0)
-    live.update(0.25, "step 1")
-    live.update(0.75, "step 3")
+    live = Progress(screen)
+    live.update(0.25, "step 1", force=True)
+    live.update(0.75, "step 3", force=True)
     live.close()
     frames = screen.getvalue().split("\r")
     assert any("25%" in f for f in frames) and any("75%" in f and "step 3" in f for f in frames)
     assert "\n" not in screen.getvalue()  # redrawn in place, then cleared
     quiet = io.StringIO()
-    off = cli.ProgressBar(quiet, enabled=False)
+    off = Progress(quiet, enabled=False)
     off.update(0.3, "x")
     off.message("y")
+    off.close()
     assert quiet.getvalue() == ""
 
 
@@ -367,14 +370,22 @@ def test_jsonable_makes_strict_json() -> None:
     import numpy as np
     import torch
 
-    value = cli.jsonable({"a": float("nan"), "b": np.int64(3), "c": torch.tensor(0.5), "d": (1, Path("/x")),
-                          "e": float("inf")})
+    from vgg.files import jsonable
+
+    value = jsonable({"a": float("nan"), "b": np.int64(3), "c": torch.tensor(0.5), "d": (1, Path("/x")),
+                      "e": float("inf")}, finite=True)
     assert value == {"a": None, "b": 3, "c": 0.5, "d": [1, "/x"], "e": None}
     json.dumps(value, allow_nan=False)
 
 
-def test_the_cli_default_lr_is_the_engine_default() -> None:
-    from vgg import cli
+def test_the_cli_defaults_are_the_engine_defaults() -> None:
+    from vgg.cli.parser import build_parser
+    from vgg.lr_finder import LRFinderConfig
     from vgg.train import TrainConfig
 
-    assert cli.DEFAULT_LR == TrainConfig.lr
+    train = build_parser().parse_args(["train"])
+    assert (train.lr, train.epochs, train.batch_size, train.config) == (TrainConfig.lr, TrainConfig.epochs,
+                                                                        TrainConfig.batch_size, TrainConfig.config)
+    assert train.images_per_class == TrainConfig().data.images_per_class
+    lr_find = build_parser().parse_args(["lr-find"])
+    assert (lr_find.num_iter, lr_find.end_lr) == (LRFinderConfig.num_iter, LRFinderConfig.end_lr)

@@ -14,10 +14,10 @@ import torch
 
 from vgg import compare
 from vgg.data import CIFAR10_CLASSES, DataConfig, DataSplits, ReadReport, TensorData
+from vgg.data.synthetic import SHAPE_CLASSES
 from vgg.errors import ConfigError
 from vgg.jobs import JobContext, JobManager, JobStatus
 from vgg.runs import METRIC_COLUMNS, RunInfo, RunStore
-from vgg.synthetic import SHAPE_CLASSES
 from vgg.tasks import DataRegistry
 from vgg.train import EpochEvent, StatusEvent, StepEvent, TrainConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,26 +15,22 @@ import torch
 from PIL import Image
 
 import vgg.data as data_module
+from vgg.augment import augment_batch, default_pad, iterate_batches, normalize, to_float
 from vgg.data import (
     DataConfig,
     DataSplits,
     TensorData,
-    augment_batch,
     channel_stats,
-    default_pad,
     describe,
-    iter_batches,
     load_data,
-    normalize,
     resize_images,
     sample_grid,
     stratified_split,
     subset_classes,
     take_per_class,
-    to_float,
 )
+from vgg.data.synthetic import SHAPE_CLASSES, generate_shapes
 from vgg.errors import ConfigError, DataUnavailableError, PathError
-from vgg.synthetic import SHAPE_CLASSES, generate_shapes
 
 RED, GREEN, BLUE, WHITE, GRAY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (128, 128, 128)
 
@@ -388,7 +385,7 @@ def test_cifar10_offline_gives_a_clear_message(data_dir: Path, monkeypatch: pyte
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(data_module.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataUnavailableError) as info:
         load_data(DataConfig(source="cifar10", data_dir=data_dir))
     message = str(info.value)
@@ -412,7 +409,7 @@ def test_cifar10_download_reports_progress_and_checks_checksum(
         def __enter__(self) -> FakeResponse:
             return self
 
-    monkeypatch.setattr(data_module.urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"x" * (3 << 20)))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"x" * (3 << 20)))
     recorder = Recorder()
     with pytest.raises(DataUnavailableError, match="checksum"):
         load_data(DataConfig(source="cifar10", data_dir=data_dir), recorder)
@@ -594,13 +591,13 @@ def test_resize_images() -> None:
     assert resize_images(images, 32) is not None and resize_images(images, 32).shape == images.shape
 
 
-def test_iter_batches() -> None:
+def test_iterate_batches() -> None:
     data = TensorData(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10))
-    sizes = [len(y) for _, y in iter_batches(data, 4, shuffle=False)]
+    sizes = [len(y) for _, _, y in iterate_batches(data, 4, shuffle=False)]
     assert sizes == [4, 4, 2]
-    assert [len(y) for _, y in iter_batches(data, 4, shuffle=True, drop_last=True)] == [4, 4]
+    assert [len(y) for _, _, y in iterate_batches(data, 4, shuffle=True, drop_last=True)] == [4, 4]
     gen = torch.Generator().manual_seed(0)
-    seen = torch.cat([y for _, y in iter_batches(data, 3, shuffle=True, generator=gen)])
+    seen = torch.cat([y for _, _, y in iterate_batches(data, 3, shuffle=True, generator=gen)])
     assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
 
 

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vgg import inference
+from vgg import gradcam, inference
 from vgg.data import DataConfig, load_data
 from vgg.errors import CheckpointError, ConfigError, PathError, WeightsUnavailableError
+from vgg.evaluate import evaluate_run, load_run_predictions
 from vgg.images import open_image
 from vgg.model import build_vgg, weights_cache_dir, weights_file_name
 from vgg.runs import RunStore
@@ -270,20 +271,20 @@ def test_grad_cam_is_a_map_in_0_1_and_leaves_the_model_as_it_was(loaded: inferen
     assert any(inplace for _, inplace in relus), "the model has in-place ReLUs (the case that needs care)"
     before = params_digest(model)
     img = picture((50, 50), seed=5)
-    heat = inference.grad_cam(loaded, img)
+    heat = gradcam.grad_cam(loaded, img)
     assert heat.shape == (32, 32) and heat.dtype == np.float32
     assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
     assert heat.max() == pytest.approx(1.0) or heat.max() == 0
     for target in (0, 9):
-        other = inference.grad_cam(loaded, img, target=target)
+        other = gradcam.grad_cam(loaded, img, target=target)
         assert other.shape == (32, 32) and 0 <= other.min() and other.max() <= 1
     with pytest.raises(ConfigError, match="out of range"):
-        inference.grad_cam(loaded, img, target=10)
+        gradcam.grad_cam(loaded, img, target=10)
     assert [(name, m.inplace) for name, m in model.named_modules() if isinstance(m, nn.ReLU)] == relus
     assert params_digest(model) == before
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
-    overlay = inference.overlay_heatmap(img, heat)
+    overlay = gradcam.overlay_heatmap(img, heat)
     assert overlay.size == img.size and overlay.mode == "RGB"
 
 
@@ -292,7 +293,7 @@ def test_the_classifier_on_feature_maps_matches_the_models_forward(loaded: infer
     with torch.no_grad():
         expected = loaded.model(x)
         torch.testing.assert_close(
-            inference.logits_from_features(loaded.model, loaded.model.features(x)),
+            loaded.model.head_with_hidden(loaded.model.features(x))[0],  # what Grad-CAM runs
             expected,
             atol=1e-4,
             rtol=1e-4,
@@ -334,23 +335,21 @@ def test_a_run_without_predictions_can_be_evaluated_later(run: tuple[RunStore, s
     info = store.get(run_id)
     data_cfg = inference.run_data_config(info.config)
     assert (data_cfg.source, data_cfg.input_size, data_cfg.images_per_class) == ("synthetic", 32, 20)
-    saved = store.load_predictions(run_id)
+    saved = load_run_predictions(store, run_id)
     predictions_file = info.path / "predictions.pt"
     os.replace(predictions_file, info.path / "predictions.bak")
     try:
         assert not store.get(run_id).has_predictions
-        result = inference.evaluate_run(store, run_id, load_data(data_cfg))
+        result = evaluate_run(store, run_id, load_data(data_cfg))
         assert store.get(run_id).has_predictions
-        again = store.load_predictions(run_id)
+        again = load_run_predictions(store, run_id)
     finally:
         os.replace(info.path / "predictions.bak", predictions_file)
-    assert torch.equal(again["labels"], saved["labels"])
-    torch.testing.assert_close(
-        again["probabilities"].float(), saved["probabilities"].float(), atol=2e-3, rtol=0
-    )
-    assert again["hidden"].shape == saved["hidden"].shape and again["classes"] == saved["classes"]
-    assert result["accuracy"] == pytest.approx(info.summary["test_accuracy"])
-    assert result["loss"] == pytest.approx(info.summary["test_loss"], rel=1e-3)
+    assert torch.equal(again.labels, saved.labels)
+    torch.testing.assert_close(again.probabilities.float(), saved.probabilities.float(), atol=2e-3, rtol=0)
+    assert again.hidden.shape == saved.hidden.shape and again.classes == saved.classes
+    assert result.accuracy == pytest.approx(info.summary["test_accuracy"])
+    assert result.loss == pytest.approx(info.summary["test_loss"], rel=1e-3)
 
 
 def test_run_data_config_needs_data_settings() -> None:

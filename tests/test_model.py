@@ -1,4 +1,4 @@
-"""The VGG model library: Table 1 configs, torchvision compatibility, pool folding, pretrained loading."""
+"""The VGG model library: Table 1 configs, torchvision compatibility, pretrained loading, freezing."""
 
 from __future__ import annotations
 
@@ -96,7 +96,6 @@ def test_build_vgg_initialises_like_torchvision(vgg11: VGG) -> None:
     assert torch.count_nonzero(conv.bias) == 0 and torch.count_nonzero(fc.bias) == 0
     assert conv.weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)  # Kaiming, fan_out
     assert fc.weight.std().item() == pytest.approx(0.01, rel=0.01)
-    assert vgg11.fold_pool is True
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
@@ -108,9 +107,8 @@ def test_torchvision_state_dict_loads_strictly(config: str, batch_norm: bool) ->
         reference = getattr(torchvision.models, name)()
     ours = meta_model(config, batch_norm, num_classes=1000)
     ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
-    # vgg.kernels.Conv2d is nn.Conv2d with a faster CPU path on small maps
     def kinds(model):
-        return [nn.Conv2d if isinstance(m, nn.Conv2d) else type(m) for m in model.modules()][1:]
+        return [type(m) for m in model.modules()][1:]
     assert kinds(ours) == kinds(reference)
     assert repr(ours.features) == repr(reference.features)
 
@@ -135,97 +133,6 @@ def test_unknown_values_name_the_choices() -> None:
     with pytest.raises(ConfigError, match="dropout"):
         build_vgg("A", dropout=1.0)
     assert set(CONFIGS) == set(CONFIG_NAMES) == {"A", "A-LRN", "B", "C", "D", "E"}
-
-
-# -- pool folding ----------------------------------------------------------------------------
-
-
-def without_classifier_relus(model: VGG) -> VGG:
-    """Fold and no fold differ by rounding (~1e-6); at a ReLU kink that can flip a derivative,
-    so gradient checks run with the classifier's ReLUs removed (the fold sits before them)."""
-    model.classifier[1] = nn.Identity()
-    model.classifier[4] = nn.Identity()
-    return model
-
-
-@pytest.fixture(scope="module")
-def head() -> VGG:
-    """A VGG whose ``features`` is the identity: feed it any (B, 512, h, w) map directly."""
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = VGG(nn.Sequential(), num_classes=10)
-    model.to_empty(device="cpu")
-    for module in model.modules():
-        init_module(module)
-    for linear in (model.classifier[0], model.classifier[3], model.classifier[6]):
-        nn.init.normal_(linear.bias, 0, 0.1)  # non-zero biases make the check stricter
-    return without_classifier_relus(model).eval()
-
-
-def outputs_and_grads(model: VGG, x: torch.Tensor, fold: bool) -> tuple[torch.Tensor, ...]:
-    """Logits, hidden, and the gradients of input, first Linear's weight and bias, and first conv."""
-    model.fold_pool = fold
-    model.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    logits, hidden = model.forward_with_hidden(x)
-    (logits.square().sum() + hidden.sum()).backward()
-    # zero_grad(set_to_none=True) above gives every call fresh .grad tensors: no copies needed.
-    grads = [p.grad for p in (x, *model.classifier[0].parameters(), *model.features[:1].parameters())]
-    return logits.detach(), hidden.detach(), *(g for g in grads if g is not None)
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest difference relative to the largest magnitude (fp32 sums in another order: ~1e-6)."""
-    return ((a - b).abs_().max() / b.abs().max().clamp_min(1e-12)).item()
-
-
-@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5)])
-def test_folded_pool_is_exact(head: VGG, size: tuple[int, int]) -> None:
-    x = torch.randn(3, 512, *size, generator=torch.Generator().manual_seed(1))
-    folded = outputs_and_grads(head, x, fold=True)
-    plain = outputs_and_grads(head, x, fold=False)
-    for a, b in zip(folded, plain, strict=True):
-        assert relative_error(a, b) < 1e-5
-
-
-def test_pool_is_folded_only_below_7x7(head: VGG) -> None:
-    calls: list[tuple[int, ...]] = []
-    handle = head.avgpool.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
-    try:
-        head.fold_pool = True
-        with torch.no_grad():
-            for size in (1, 2, 6, 7, 9):
-                head(torch.randn(1, 512, size, size))
-            head.fold_pool = False
-            head(torch.randn(1, 512, 1, 1))
-    finally:
-        handle.remove()
-        head.fold_pool = True
-    assert calls == [(7, 7), (9, 9), (1, 1)]
-
-
-def test_fold_matches_unfolded_whole_model_and_torchvision(vgg11: VGG) -> None:
-    """End to end at 32 and 64 px: same logits and gradients; unfolded is torchvision's forward."""
-    model = vgg11
-    with torch.device("meta"):
-        reference = torchvision.models.vgg11(num_classes=10)
-    reference.load_state_dict(model.state_dict(), assign=True)  # shares the tensors
-    reference.eval()
-    inputs = {size: torch.randn(2, 3, size, size) for size in (32, 64)}
-    with torch.no_grad():
-        for x in inputs.values():
-            model.fold_pool = False  # torchvision's forward; our small-map convolutions round differently
-            assert relative_error(model(x), reference(x)) < 1e-5
-            model.fold_pool = True
-            assert relative_error(model(x), reference(x)) < 1e-5
-            assert torch.equal(model.head_with_hidden(model.features(x))[0], model(x))
-    without_classifier_relus(model)
-    model.classifier[0].requires_grad_(False)  # its gradient is checked on the head above
-    for x in inputs.values():
-        folded = outputs_and_grads(model, x, fold=True)
-        plain = outputs_and_grads(model, x, fold=False)
-        for a, b in zip(folded, plain, strict=True):
-            assert relative_error(a, b) < 1e-5
 
 
 # -- freezing and parameter groups --------------------------------------------------------------
@@ -378,7 +285,7 @@ def test_mismatching_state_dict_names_keys_and_shapes(tmp_path: Path) -> None:
     message = str(error.value)
     assert "other.pth does not fit vgg11" in message
     assert "missing features.0.bias" in message and "unexpected head.weight" in message
-    assert "features.0.weight (32, 3, 3, 3) instead of (64, 3, 3, 3)" in message
+    assert "features.0.weight is (32, 3, 3, 3) instead of (64, 3, 3, 3)" in message
     with pytest.raises(CheckpointError, match="does not exist"):
         load_state_dict_file(tmp_path / "missing.pth")
 

@@ -16,8 +16,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from vgg.data import DataConfig
+from vgg.data.synthetic import SHAPE_CLASSES
 from vgg.runs import RunStore
-from vgg.synthetic import SHAPE_CLASSES
 from vgg.train import TrainConfig, fit
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "classify.py")

@@ -20,6 +20,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from vgg.data import DataConfig
+from vgg.evaluate import load_run_predictions
 from vgg.runs import RunStore
 from vgg.train import TrainConfig, fit
 
@@ -110,11 +111,11 @@ def test_metrics_and_per_class_accuracy(page: AppTest, trained: tuple[Path, str]
 
 def test_confusion_matrix_cells_show_their_images(page: AppTest, trained: tuple[Path, str]) -> None:
     runs, run_id = trained
-    predictions = RunStore(runs).load_predictions(run_id)
-    labels = predictions["labels"].numpy()
+    predictions = load_run_predictions(RunStore(runs), run_id)
+    labels = predictions.labels.numpy()
     # the classes the run predicted (from float32): argmax of the stored float16 probabilities can
     # break a near-tie the other way, as it did for a barely trained model
-    preds = predictions["predicted"].numpy()
+    preds = predictions.predicted.numpy()
     open_section(page, "Confusion matrix")
     (figure,) = specs(page)
     heatmap = figure["data"][0]

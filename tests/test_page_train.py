@@ -168,7 +168,7 @@ def test_stop_cancels_the_run(at: AppTest) -> None:
 def test_ema_is_debiased_and_zero_smoothing_is_raw() -> None:
     from vgg.figures.training import ema
 
-    assert ema([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    assert ema([1.0, 2.0, 3.0], 0.0).tolist() == [1.0, 2.0, 3.0]
     # debiased: the first value is itself, the second (0.5·0.5·1 + 0.5·2) / (1 − 0.25)
     assert ema([1.0, 2.0], 0.5) == pytest.approx([1.0, 1.25 / 0.75])
     assert ema([2.0, float("nan"), 2.0], 0.9)[2] == pytest.approx(2.0)

@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 import torch
 
+import vgg.files as files_module
+import vgg.process as process_module
 import vgg.runs as runs_module
 from vgg.errors import CheckpointError, ConfigError, PathError
-from vgg.runs import (METRIC_COLUMNS, RunInUseError, RunNotFoundError, RunStore, owner_alive,
-                      owner_record)
+from vgg.evaluate import Predictions, load_run_predictions
+from vgg.process import owner_alive, owner_record
+from vgg.runs import METRIC_COLUMNS, RunInUseError, RunNotFoundError, RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"config": "A", "batch_norm": True, "lr": 1e-3, "data": {"source": "synthetic"},
@@ -134,18 +137,19 @@ def test_missing_checkpoint_is_a_clear_error(store: RunStore) -> None:
     with pytest.raises(CheckpointError, match="has no best.pt yet"):
         store.load_checkpoint(writer.run_id)
     with pytest.raises(CheckpointError, match="no test-set predictions"):
-        store.load_predictions(writer.run_id)
+        load_run_predictions(store, writer.run_id)
 
 
 def test_predictions_round_trip(store: RunStore) -> None:
     writer = store.create(CONFIG, name="pred")
-    predictions = {"labels": torch.tensor([0, 1, 1]), "indices": torch.arange(3),
-                   "probabilities": torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]).half(),
-                   "hidden": torch.randn(3, 8), "classes": ["a", "b"]}
+    probabilities = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]).half()
+    predictions = Predictions(labels=torch.tensor([0, 1, 1]), probabilities=probabilities,
+                              predicted=probabilities.float().argmax(1), classes=("a", "b"),
+                              hidden=torch.randn(3, 8).half(), loss=0.4)
     writer.save_predictions(predictions)
-    loaded = store.load_predictions(writer.run_id)
-    assert torch.equal(loaded["probabilities"], predictions["probabilities"])
-    assert loaded["classes"] == ["a", "b"]
+    loaded = load_run_predictions(store, writer.run_id)
+    assert torch.equal(loaded.probabilities, predictions.probabilities)
+    assert loaded.classes == ("a", "b") and loaded.loss == 0.4 and loaded.accuracy == pytest.approx(2 / 3)
     assert store.get(writer.run_id).has_predictions
 
 
@@ -205,7 +209,7 @@ def test_full_disk_keeps_the_previous_checkpoint(store: RunStore, monkeypatch: p
         def full_disk_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> FullDisk:
             return FullDisk(real_open(path, mode, *args, **kwargs))
 
-        monkeypatch.setattr(runs_module, "open", full_disk_open, raising=False)
+        monkeypatch.setattr(files_module, "open", full_disk_open, raising=False)
 
     with pytest.raises(CheckpointError) as caught:
         writer.save_checkpoint("best", tiny_state(1), {"epoch": 2})
@@ -374,7 +378,7 @@ def test_owner_checks_token_pid_and_start_time() -> None:
     assert not owner_alive({**me, "pid": None})
     assert owner_alive({**me, "host": "another-machine", "pid": 999_999_999})
     parent = {**me, "pid": os.getppid(), "token": "other"}
-    start = runs_module._proc_stat(os.getppid())
+    start = process_module._proc_stat(os.getppid())
     if start is None:
         pytest.skip("no /proc on this system")
     assert owner_alive({**parent, "process_start": start[1]})
@@ -453,7 +457,7 @@ def test_killed_but_unreaped_process_counts_as_dead(store: RunStore) -> None:
     try:
         proc.kill()
         deadline = time.monotonic() + 30
-        while (runs_module._proc_stat(proc.pid) or ("Z",))[0] != "Z":  # wait for the kill to land
+        while (process_module._proc_stat(proc.pid) or ("Z",))[0] != "Z":  # wait for the kill to land
             assert time.monotonic() < deadline, "the killed child never became a zombie"
             time.sleep(0.01)
         assert store.get(run_id).status == "interrupted"

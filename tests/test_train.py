@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,20 +12,13 @@ import torch
 from vgg import train as train_mod
 from vgg.data import DataConfig, load_data, subset_classes
 from vgg.errors import ConfigError
-from vgg.lr_finder import LRFinderConfig
+from vgg.evaluate import load_run_predictions
+from vgg.events import EpochEvent, StepEvent
+from vgg.finetune import prepare_model
+from vgg.lr_finder import LRFinderConfig, find_lr_for
 from vgg.model import build_vgg
 from vgg.runs import RunStore
-from vgg.train import (
-    EpochEvent,
-    HeadOnly,
-    StepEvent,
-    TrainConfig,
-    Trainer,
-    find_lr_for,
-    fit,
-    onecycle_factor,
-    prepare_model,
-)
+from vgg.train import TrainConfig, fit, onecycle_factor, run_epochs, start_training
 
 TINY = DataConfig(source="synthetic", input_size=32, images_per_class=20)
 
@@ -115,8 +106,8 @@ def test_fit_writes_a_complete_run_folder(tiny_run, tiny_splits):
     model = build_vgg("A", batch_norm=True, num_classes=len(tiny_splits.classes))
     model.load_state_dict(ckpt["model"], strict=True)
     assert ckpt["meta"]["classes"] == list(tiny_splits.classes)
-    preds = store.load_predictions(result.run_id)
-    assert preds["probabilities"].shape == (len(tiny_splits.test), len(tiny_splits.classes))
+    preds = load_run_predictions(store, result.run_id)
+    assert preds.probabilities.shape == (len(tiny_splits.test), len(tiny_splits.classes))
 
 
 def test_cancel_takes_effect_within_two_seconds(tiny_splits):
@@ -188,73 +179,12 @@ def test_transfer_from_an_earlier_run_gets_a_new_head(tiny_run, tiny_splits):
     assert prepared.mean == tuple(store.get(first.run_id).config["mean"])
 
 
-def test_frozen_features_are_computed_once_and_match_the_full_model(tiny_run, tiny_splits):
-    store, first, _ = tiny_run
-    # fp32: where the CPU has bf16 units, "auto" computes the cached features under bf16 autocast.
-    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze="features", augment=False, epochs=1,
-                      precision="fp32")
-    prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std,
-                             runs_root=store.root)
-    trainer = Trainer(cfg, tiny_splits, prepared)
-    assert isinstance(trainer.net, HeadOnly)
-    assert trainer.splits.train.images.shape[1:] == (512, 1, 1)
-    assert isinstance(trainer.pipeline, train_mod.FeaturePipeline)
-    model = prepared.model.eval()
-    x = train_mod.BatchPipeline(prepared.mean, prepared.std, prepared.device, 32, False)(
-        tiny_splits.val.images[:8], None)
-    with torch.no_grad():
-        full = model(x)
-        head = trainer.net.eval()(trainer.splits.val.images[:8])
-    torch.testing.assert_close(head, full, rtol=1e-4, atol=1e-5)
-    result = trainer.fit()
-    assert result.status == "done" and result.steps > 0
-
-
-# Adam only with frozen features: a conv bias before batch norm has a true gradient of 0, so Adam
-# turns its rounding noise into ±lr steps in both runs alike, and the two can never agree there.
-@pytest.mark.parametrize(("freeze", "optimizer"), [("features", "sgd"), ("none", "sgd"), ("features", "adam")])
-def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_splits, monkeypatch, freeze,
-                                                              optimizer):
-    """1×1 feature maps (cached, or computed by trained features): training delta (4096×512) instead
-    of the 25088-wide weight gives the same weights, up to rounding, as training the weight itself."""
-    store, first, _ = tiny_run
-    # With the features trained, a rounding difference in step 1 can flip a max-pool's choice or a
-    # ReLU in step 2, a discrete change of size ~lr: compare them after one step (one batch of all).
-    epochs = (1, 2) if freeze == "features" else (1,)
-    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze=freeze, augment=False, epochs=2,
-                      precision="fp32", lr=1e-3, batch_size=32 if freeze == "features" else 256,
-                      optimizer=optimizer)
-    kind = train_mod.CompactHead if freeze == "features" else train_mod.CompactVGG
-    states = {}
-    for compact in (True, False):
-        if not compact:
-            monkeypatch.setattr(train_mod, "uses_compact_head", lambda *a: False)
-        torch.manual_seed(0)  # dropout masks
-        prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std,
-                                 runs_root=store.root)
-        trainer = Trainer(cfg, tiny_splits, prepared)
-        assert isinstance(trainer.net, kind) is compact
-        weight = prepared.model.classifier[0].weight
-        assert all(p is not weight for g in trainer.optimizer.param_groups for p in g["params"]) is compact
-        before = weight.detach().clone()
-        for epoch in epochs:
-            trainer.train_epoch(epoch)
-        states[compact] = trainer.model_state()
-        assert not torch.equal(states[compact]["classifier.0.weight"], before)  # it did learn
-    for key, value in states[False].items():
-        diff = (states[True][key].float() - value.float()).abs()
-        if optimizer == "sgd":  # updates linear in the gradients: rounding stays rounding
-            assert diff.max() < 1e-5, (key, diff.max())
-        else:  # Adam divides by √v: where a gradient is ~0, rounding flips a few updates of size ≤ lr
-            assert (diff > 1e-6).float().mean() < 1e-3 and diff.max() < 10 * cfg.lr, (key, diff.max())
-
-
 def test_the_best_epoch_is_kept_apart_from_the_live_weights(tiny_splits):
     cfg = TrainConfig(data=TINY, epochs=1, batch_size=64, precision="fp32")
     prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std)
-    trainer = Trainer(cfg, tiny_splits, prepared)  # no run folder: the best state stays in memory
-    trainer.fit()
-    best = trainer._best_weights()
+    t = start_training(cfg, tiny_splits, prepared)
+    run_epochs(t)
+    best = t.best_state
     live = prepared.model.state_dict()
     assert best is not None and best.keys() == live.keys()
     assert all(best[k].data_ptr() != live[k].data_ptr() for k in live if live[k].numel())

@@ -10,7 +10,10 @@ the Train page after a restart would all land there. Every page calls ``ensure_a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 from streamlit.runtime.pages_manager import PagesManager
 
 
@@ -19,3 +22,11 @@ def ensure_app_shell() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False  # what st.navigation itself does
         st.rerun()
+
+
+def page_link(page: str, label: str, icon: str | None = None) -> None:
+    """``st.page_link`` to ``pages/<file>``; a plain hint when the page is not routed (a page run alone)."""
+    try:
+        st.page_link(page, label=label, icon=icon)
+    except StreamlitAPIException:
+        st.markdown(f"{label}: open **{Path(page).stem.replace('_', ' ').title()}** in the sidebar.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.common import job_manager, poll_interval, rerun_when_finished, session_id, status_badge
-from ui.live import cancel_job
+from ui.jobs import cancel_job
 from vgg.jobs import JobSnapshot, JobStatus
 
 # The list's pace on a page with a live view of its own, as a multiple of that view's pace.

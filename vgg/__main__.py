@@ -1,8 +1,8 @@
 """``python -m vgg``: the command-line interface."""
 
-from vgg.allocator import tune_allocator
+from vgg.speedups.allocator import tune_allocator
 
-tune_allocator()  # before torch allocates (vgg/allocator.py)
+tune_allocator()  # before torch allocates (vgg/speedups/allocator.py)
 
 from vgg.cli import main  # noqa: E402
 

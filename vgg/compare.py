@@ -17,13 +17,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from vgg.data import CIFAR10_CLASSES, DataConfig, DataSplits, subset_classes
+from vgg.data import CIFAR10_CLASSES
 from vgg.errors import ConfigError
+from vgg.events import EpochEvent, StepEvent, TrainResult
 from vgg.jobs import JobContext, JobManager
 from vgg.model import model_name
 from vgg.runs import METRIC_COLUMNS, RunInfo, RunStore
-from vgg.tasks import DataRegistry, ProgressCallback, train_task
-from vgg.train import EpochEvent, StepEvent, TrainConfig, TrainResult
+from vgg.tasks import DataRegistry, train_task
+from vgg.train import TrainConfig
 
 # Curves a page can overlay: name → (metrics.csv row kind, column, axis title).
 CURVES: dict[str, tuple[str, str, str]] = {

@@ -29,3 +29,16 @@ class CheckpointError(VGGError):
 
 class PathError(VGGError):
     """A path points outside the data and runs directories, or a run id is malformed."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (whitespace collapsed)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def os_reason(exc: BaseException) -> str:
+    """A short one-line reason from an I/O or network exception ("No space left on device")."""
+    inner = getattr(exc, "reason", None)
+    text = str(inner if inner is not None else (getattr(exc, "strerror", None) or exc))
+    return one_line(text, 120) or exc.__class__.__name__

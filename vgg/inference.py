@@ -1,4 +1,4 @@
-"""Using a trained model: load a checkpoint safely, classify images, show what it looks at.
+"""Classifying pictures with a trained model: load a checkpoint safely, preprocess, predict.
 
 - ``load_model`` takes a run id (its ``best.pt``) or a checkpoint file inside the data or runs
   dir; files are read with ``torch.load(..., weights_only=True)`` only and checked against the
@@ -7,18 +7,16 @@
 - Images are preprocessed as in training: squashed to the model's square input (via the data
   set's own size when the model was trained on upsampled images) and normalised with the mean
   and standard deviation stored in the checkpoint.
-- ``grad_cam`` (Selvaraju et al. 2017) weighs the last convolution's feature maps by the
-  gradient of the class score. It runs the layers one by one instead of registering hooks, so a
-  model shared by several sessions is never modified; at 32 px the last convolution sees a 2×2
-  map, so the heat map is necessarily coarse (upsampled smoothly).
 - ``load_imagenet_model`` / ``imagenet_top5``: the untouched ImageNet model, only where its
   weights are already in torchvision's cache (never downloads).
+
+What the model looks at is ``vgg.gradcam``'s part; evaluating a checkpoint on a test set is
+``vgg.evaluate``'s.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,31 +26,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from vgg.data import DataConfig, DataSplits, TensorData, normalize, to_float
+from vgg.augment import normalize, to_float
+from vgg.data import DataConfig
 from vgg.errors import CheckpointError, ConfigError, PathError, WeightsUnavailableError
 from vgg.images import image_to_tensor
 from vgg.model import (
     CONFIG_NAMES,
-    POOL_SIZE,
     VGG,
     build_vgg,
+    check_state_fits,
     imagenet_weights,
-    load_state_dict_file,
+    load_pretrained,
     model_name,
-    pool_matrix,
     pretrained_available,
     weights_cache_dir,
     weights_file_name,
 )
 from vgg.paths import resolve_inside, validate_run_id
-from vgg.runs import PREDICTIONS_FILE, RunStore, _save_torch, read_checkpoint_file
+from vgg.runs import RunStore, read_checkpoint_file
 from vgg.settings import data_dir
 
 TOP_K = 5
 UNSURE_BELOW = 0.5  # a top probability below this is worth a hint that the model is unsure
-HIDDEN_ROWS = 1000  # rows of the 4096-d representation kept in predictions.pt (as training does)
 IMAGENET_RESIZE = 256  # torchvision's VGG transforms: resize the short side to 256, centre crop 224
 IMAGENET_CROP = 224
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
@@ -186,7 +183,7 @@ def _from_checkpoint(
     name = model_name(config, batch_norm)
     with torch.device("meta"):  # no time spent initialising what the state dict overwrites
         model = build_vgg(config, batch_norm=batch_norm, num_classes=len(classes))
-    _check_state_fits(
+    check_state_fits(
         model, state, f"{label} does not fit {name} with {len(classes)} classes (from its meta)"
     )
     model.load_state_dict(state, strict=True, assign=True)
@@ -261,25 +258,6 @@ def _read_meta(
             f"{MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}"
         )
     return config, batch_norm, tuple(classes), stats[0], stats[1], size  # type: ignore[return-value]
-
-
-def _check_state_fits(model: nn.Module, state: Mapping[str, Tensor], prefix: str) -> None:
-    """Raise ``CheckpointError`` naming missing, unexpected and wrongly shaped entries."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} is {tuple(state[k].shape)} instead of {expected[k]}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    problems = []
-    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape:", shapes)):
-        if items:
-            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            problems.append(f"{what} {', '.join(items[:3])}{more}")
-    if problems:
-        raise CheckpointError(f"{prefix}: " + "; ".join(problems))
 
 
 def _data_size(run_config: Mapping[str, Any] | None) -> int | None:
@@ -395,89 +373,6 @@ def predict(loaded: LoadedModel, images: Sequence[Image.Image], k: int = TOP_K) 
 
 
 # --------------------------------------------------------------------------------------------
-# Grad-CAM
-
-
-def last_conv_index(model: VGG) -> int:
-    """Index in ``model.features`` of the last ``nn.Conv2d``."""
-    convs = [i for i, layer in enumerate(model.features) if isinstance(layer, nn.Conv2d)]
-    if not convs:
-        raise ConfigError("the model has no convolution to explain")
-    return convs[-1]
-
-
-def logits_from_features(model: VGG, x: Tensor) -> Tensor:
-    """The classifier on the output of ``model.features`` (B, 512, h, w), folding the adaptive pool
-    into the first Linear exactly as ``VGG.forward`` does when the map is smaller than 7×7."""
-    linear = model.classifier[0]
-    channels, height, width = x.shape[1:]
-    if getattr(model, "fold_pool", False) and height * width < POOL_SIZE * POOL_SIZE:
-        pool = pool_matrix(height, width, dtype=linear.weight.dtype, device=linear.weight.device)
-        weight = linear.weight.view(linear.out_features, channels, -1) @ pool  # (4096, 512, h·w)
-        x = F.linear(torch.flatten(x, 1), weight.flatten(1), linear.bias)
-    else:
-        x = linear(torch.flatten(model.avgpool(x), 1))
-    for layer in model.classifier[1:]:
-        x = layer(x)
-    return x
-
-
-def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -> np.ndarray:
-    """Grad-CAM heat map (S, S) in [0, 1] of the class ``target`` (default: the predicted class).
-
-    The last convolution's maps ``A_k`` are weighted by the mean gradient of the class score
-    ``∂y_c / ∂A_k`` and summed, then clipped at 0. The layers run one by one from a copy of the
-    activation, so the in-place ReLUs never overwrite it and the shared model is not changed (no
-    hooks). The map has the last convolution's resolution — 2×2 for a 32 px input — and is
-    upsampled bilinearly, so small inputs give a coarse picture.
-    """
-    model = loaded.model
-    x = preprocess([img], loaded)
-    last = last_conv_index(model)
-    with torch.no_grad():
-        for layer in model.features[: last + 1]:
-            x = layer(x)
-    activation = x.detach().requires_grad_(True)  # (1, C, h, w)
-    with torch.enable_grad():
-        y = activation.clone()  # the next ReLU is in place: it must not touch `activation`
-        for layer in model.features[last + 1 :]:
-            y = layer(y)
-        logits = logits_from_features(model, y)
-        if target is None:
-            target = int(logits.argmax(1))
-        if not 0 <= target < logits.shape[1]:
-            raise ConfigError(f"class index {target} is out of range; choose 0 to {logits.shape[1] - 1}")
-        (gradient,) = torch.autograd.grad(logits[0, target], activation)
-    weights = gradient.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
-    cam = F.relu((weights * activation.detach()).sum(1, keepdim=True))  # (1, 1, h, w)
-    size = loaded.input_size
-    cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    top = float(cam.max())
-    cam = cam / top if top > 0 else torch.zeros_like(cam)
-    return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
-
-
-def overlay_heatmap(img: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """``img`` with ``heatmap`` (H', W') in [0, 1] stretched over it in a blue→red colour scale."""
-    rgb = img.convert("RGB")
-    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255), mode="L").resize(
-        rgb.size, Image.Resampling.BICUBIC
-    )
-    h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
-    colour = np.concatenate(
-        [
-            np.clip(1.5 - np.abs(4 * h - 3), 0, 1),  # red
-            np.clip(1.5 - np.abs(4 * h - 2), 0, 1),  # green
-            np.clip(1.5 - np.abs(4 * h - 1), 0, 1),
-        ],
-        axis=-1,
-    )  # blue: a "jet" scale
-    base = np.asarray(rgb, dtype=np.float32) / 255.0
-    blended = (1 - alpha) * base + alpha * colour
-    return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255 + 0.5), mode="RGB")
-
-
-# --------------------------------------------------------------------------------------------
 # The untouched ImageNet model
 
 
@@ -489,37 +384,26 @@ def load_imagenet_model(
     Raises ``WeightsUnavailableError`` when the weights are not cached (or were never published).
     ``vgg.model.load_pretrained`` replaces the head for fine-tuning; this keeps it.
     """
-    weights = imagenet_weights(config, batch_norm)  # raises for A-LRN and C
     name = model_name(config, batch_norm)
-    if not pretrained_available(config, batch_norm):
+    if not pretrained_available(config, batch_norm):  # also False for A-LRN and C (raised below)
+        imagenet_weights(config, batch_norm)
         raise WeightsUnavailableError(
             f"ImageNet weights for {name} are not cached: put "
             f"{weights_file_name(config, batch_norm)} into {weights_cache_dir()}"
         )
-    file_name = weights_file_name(config, batch_norm)
-    state = load_state_dict_file(weights_cache_dir() / file_name)
-    categories = tuple(weights.meta.get("categories") or ())
-    if len(categories) != 1000:
-        categories = tuple(f"class {i}" for i in range(1000))
-    with torch.device("meta"):
-        model = build_vgg(config, batch_norm=batch_norm, num_classes=len(categories))
-    for key in model.state_dict():  # old BN files lack the counter
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.tensor(0, dtype=torch.long)
-    _check_state_fits(model, state, f"{file_name} does not fit {name}")
-    model.load_state_dict(state, strict=True, assign=True)
+    model, info = load_pretrained(config, batch_norm=batch_norm, num_classes=None, allow_download=False)
+    categories = info.categories or tuple(f"class {i}" for i in range(model.num_classes))
     device = torch.device(device) if device is not None else torch.device("cpu")
     model.to(device).eval().requires_grad_(False)
-    transforms = weights.transforms()
     return LoadedModel(
         model=model,
         classes=categories,
-        mean=tuple(transforms.mean),
-        std=tuple(transforms.std),
+        mean=info.mean,
+        std=info.std,
         input_size=IMAGENET_CROP,
         config=config,
         batch_norm=batch_norm,
-        source=f"ImageNet weights {file_name}",
+        source=f"ImageNet weights {info.file_name}",
         crop_from=IMAGENET_RESIZE,
         device=device,
     )
@@ -535,76 +419,3 @@ def imagenet_top5(
             return None
         model = load_imagenet_model(config, batch_norm)
     return list(predict(model, [img], k=k)[0].top)
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluating a checkpoint later (a run interrupted before its test evaluation)
-
-
-def evaluate_loaded(
-    loaded: LoadedModel,
-    data: TensorData,
-    *,
-    precision: str = "auto",
-    cancel: threading.Event | None = None,
-) -> dict[str, Any]:
-    """Test-set predictions of ``loaded`` on ``data`` in the format of ``predictions.pt``.
-
-    ``precision`` is the run's ``TrainConfig.precision``: evaluating as the training did gives the
-    same test accuracy as the run recorded (near-ties flip between bf16 and fp32).
-
-    Returns ``{"labels", "probabilities" (float16 N×C), "predicted" (N), "hidden" (float16, first ≤1000 rows),
-    "classes", "split": "test", "loss", "accuracy"}``.
-    """
-    from vgg.train import BatchPipeline, choose_precision, evaluate
-
-    pipeline = BatchPipeline(loaded.mean, loaded.std, loaded.device, loaded.input_size, False)
-    result = evaluate(loaded.model, data, pipeline, keep_hidden=True, cancel=cancel,
-                      autocast_dtype=choose_precision(precision, loaded.device))
-    hidden = result.hidden[:HIDDEN_ROWS].half() if result.hidden is not None else None
-    return {
-        "labels": result.labels,
-        "probabilities": result.probabilities.half(),
-        "predicted": result.probabilities.argmax(1),  # float16 probabilities can tie
-        "hidden": hidden,
-        "classes": list(loaded.classes),
-        "split": "test",
-        "loss": result.loss,
-        "accuracy": result.accuracy,
-    }
-
-
-def evaluate_run(
-    store: RunStore,
-    run_id: str,
-    splits: DataSplits,
-    *,
-    cancel: threading.Event | None = None,
-    device: torch.device | str | None = None,
-) -> dict[str, Any]:
-    """Evaluate a run's ``best.pt`` on ``splits.test`` and save ``predictions.pt`` in its folder.
-
-    For runs that stopped before their test evaluation (interrupted, failed, cancelled early).
-    ``splits`` must be the run's data set (``run_data_config``); other classes → ``CheckpointError``.
-    Returns the predictions written (with ``loss`` and ``accuracy``).
-    """
-    loaded = load_model(run_id, store=store, device=device)
-    if tuple(splits.classes) != loaded.classes:
-        raise CheckpointError(
-            f"run {run_id} was trained on classes {', '.join(loaded.classes[:4])}… but the "
-            f"data set has {', '.join(splits.classes[:4])}…; it cannot be evaluated on it"
-        )
-    precision = str(store.get(run_id).config.get("precision", "auto"))
-    predictions = evaluate_loaded(loaded, splits.test, precision=precision, cancel=cancel)
-    if cancel is not None and cancel.is_set():
-        raise CheckpointError(f"the evaluation of run {run_id} was stopped; nothing was saved")
-    save_run_predictions(store, run_id, predictions)
-    return predictions
-
-
-def save_run_predictions(store: RunStore, run_id: str, predictions: Mapping[str, Any]) -> Path:
-    """Write ``predictions.pt`` into an existing run's folder (atomically; the run is not reopened)."""
-    path = store.run_path(run_id) / PREDICTIONS_FILE
-    store.get(run_id)  # raises for an unknown run
-    _save_torch(path, dict(predictions), run_id)
-    return path

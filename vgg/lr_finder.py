@@ -27,12 +27,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from vgg.augment import iterate_batches
+from vgg.data import load_data
 from vgg.errors import ConfigError, DataUnavailableError
+from vgg.events import StatusEvent
+from vgg.finetune import prepare_model
+from vgg.settings import flush_denormals
+from vgg.speedups import switch as speedups
+from vgg.train import start_training, train_step
+
+if TYPE_CHECKING:
+    from vgg.data import DataSplits
+    from vgg.train import TrainConfig
 
 MIN_POINTS = 3  # fewer usable points than this and a suggestion is None
 MAX_END_LR = 100.0  # a range test may go past the lr of 10 accepted elsewhere
@@ -397,3 +410,42 @@ def _is_number(value: object) -> bool:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- the range test of a training ----------------------------------------------------------------
+
+
+def find_lr_for(cfg: TrainConfig, lr_cfg: LRFinderConfig, *, splits: DataSplits | None = None,
+                on_step: Callable[[LRFinderStep], None] | None = None,
+                on_event: Callable[[StatusEvent], None] | None = None,
+                cancel: threading.Event | None = None, runs_root: Path | None = None) -> LRFinderResult:
+    """The LR range test of the run ``cfg`` would train: the same model, start weights, freezing,
+    optimizer and parameter groups, batches (augmentation included), precision and training step
+    (``vgg.train.train_step``, with the speed-ups where ``cfg.speedups``), so that the suggested
+    LR belongs to that run. Model and optimiser state are restored afterwards.
+    """
+    if cfg.speedups:
+        flush_denormals()  # as fit()
+    on_event = on_event or (lambda e: None)
+    if splits is None:
+        on_event(StatusEvent("loading the data set"))
+        splits = load_data(cfg.data, lambda done, total, msg: on_event(
+            StatusEvent(msg, done / total if total else None)))
+    prepared = prepare_model(cfg, tuple(splits.classes), tuple(splits.mean), tuple(splits.std),
+                             runs_root=runs_root)
+    t = start_training(cfg, splits, prepared, cancel=cancel)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, images, labels in iterate_batches(t.splits.train, cfg.batch_size, shuffle=True,
+                                                 generator=t.generator):
+            yield t.pipeline(images, t.generator), labels.to(prepared.device)
+
+    def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        return train_step(t.net, t.optimizer, x, y, prepared.autocast_dtype)[0]
+
+    on_event(StatusEvent("running the LR range test"))
+    try:
+        return find_lr(prepared.model, t.optimizer, batches, lr_cfg, step_fn=step_fn, on_step=on_step,
+                       cancel=cancel, device=prepared.device)
+    finally:
+        speedups.reload_weights(t.net)  # the model's own weights were restored; drop a compact update

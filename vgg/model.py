@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
 from vgg.errors import CheckpointError, ConfigError, WeightsUnavailableError
-from vgg.kernels import Conv2d
 from vgg.safeload import load_weights_only
 
 # Table 1 of the paper: ints are 3×3 convolutions (padding 1) with that many output channels,
@@ -99,8 +97,7 @@ def make_layers(cfg: list[int | str], *, batch_norm: bool = False) -> nn.Sequent
             layers.append(nn.LocalResponseNorm(**LRN_SETTINGS))
         else:
             out_channels, kernel = conv_spec(entry)
-            # vgg.kernels.Conv2d: nn.Conv2d with a faster CPU path on maps of 4×4 and below
-            layers.append(Conv2d(in_channels, out_channels, kernel_size=kernel, padding=kernel // 2))
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=kernel, padding=kernel // 2))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             layers.append(nn.ReLU(inplace=True))
@@ -108,26 +105,13 @@ def make_layers(cfg: list[int | str], *, batch_norm: bool = False) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-def pool_matrix(height: int, width: int, out_size: int = POOL_SIZE, *,
-                dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
-    """The linear map of ``AdaptiveAvgPool2d(out_size)`` on an ``height × width`` map.
-
-    Returns ``P`` of shape ``(out_size², height·width)`` with ``pool(x).flatten() == P @ x.flatten()``;
-    computed by pooling the identity, so the windows are exactly PyTorch's.
-    """
-    n = height * width
-    eye = torch.eye(n, dtype=dtype, device=device).view(n, 1, height, width)
-    return F.adaptive_avg_pool2d(eye, out_size).view(n, out_size * out_size).T
-
-
 class VGG(nn.Module):
-    """torchvision's VGG (same attribute and parameter names) plus access to the hidden features.
+    """torchvision's VGG: the same attribute and parameter names and the same forward,
+    ``features`` → ``avgpool`` → ``flatten`` → ``classifier``.
 
-    ``forward(x) -> logits``; ``forward_with_hidden(x) -> (logits, h)`` with ``h`` the 4096-d input
-    of the last Linear. When the feature map is smaller than 7×7 (e.g. 1×1 for 32×32 inputs) and
-    ``fold_pool`` is True, the adaptive average pool, a fixed linear map ``P``, is folded into the
-    first Linear: ``W·(P x) == (W P)·x``. Exact up to rounding, far cheaper, and the parameters and
-    state dict stay torchvision's.
+    ``forward_with_hidden(x) -> (logits, h)`` also returns ``h``, the 4096-d input of the last
+    Linear (the representation the Evaluate page projects). The model holds no speed tricks;
+    ``vgg.speedups`` applies them from outside.
     """
 
     def __init__(self, features: nn.Sequential, *, num_classes: int = 1000, dropout: float = 0.5,
@@ -136,7 +120,6 @@ class VGG(nn.Module):
         self.config_name = config_name
         self.batch_norm = batch_norm
         self.num_classes = num_classes
-        self.fold_pool = True
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((POOL_SIZE, POOL_SIZE))
         self.classifier = nn.Sequential(
@@ -154,39 +137,19 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` for images ``(B, 3, H, W)``."""
-        return self.forward_with_hidden(x)[0]
+        x = self.features(x)  # (B, 512, H/32, W/32)
+        x = self.avgpool(x)  # (B, 512, 7, 7)
+        x = torch.flatten(x, 1)  # (B, 25088)
+        return self.classifier(x)
 
     def forward_with_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(logits, h)``: logits ``(B, num_classes)`` and penultimate activations ``h`` ``(B, 4096)``."""
         return self.head_with_hidden(self.features(x))
 
     def head_with_hidden(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Pool and classifier on a feature map ``(B, 512, h, w)`` (e.g. for Grad-CAM): ``(logits, h)``."""
-        if self.fold_pool and x.shape[-2] * x.shape[-1] < POOL_SIZE * POOL_SIZE:
-            x = self._folded_first_linear(x)
-        else:
-            x = torch.flatten(self.avgpool(x), 1)  # (B, 25088)
-            x = self.classifier[0](x)
-        for layer in self.classifier[1:6]:
-            x = layer(x)
-        return self.classifier[6](x), x
-
-    def _folded_first_linear(self, x: Tensor) -> Tensor:
-        """``classifier[0](flatten(avgpool(x)))`` computed as ``flatten(x) @ (W P)ᵀ + b``."""
-        linear = self.classifier[0]
-        channels, height, width = x.shape[1:]
-        grouped = linear.weight.view(linear.out_features, channels, -1)  # (4096, 512, 49)
-        # Outside autocast: a bf16 copy of the whole 25088-wide weight costs more than folding it.
-        with torch.autocast(x.device.type, enabled=False):
-            if height * width == 1:
-                # 1×1 maps (32 px inputs): the pool copies the value into all 49 cells, P is all ones;
-                # a sum, whose backward broadcasts the gradient instead of multiplying by Pᵀ.
-                weight = grouped.sum(-1, keepdim=True)  # (4096, 512, 1)
-            else:
-                pool = pool_matrix(height, width, dtype=linear.weight.dtype, device=linear.weight.device)
-                weight = grouped @ pool  # (4096, 512, 49) @ (49, h·w) -> (4096, 512, h·w)
-        # Gradients reach linear.weight via autograd.
-        return F.linear(torch.flatten(x, 1), weight.flatten(1), linear.bias)
+        """Pool and classifier on a feature map ``(B, 512, h, w)``: ``(logits, h)``."""
+        h = self.classifier[:6](torch.flatten(self.avgpool(x), 1))  # (B, 4096)
+        return self.classifier[6](h), h
 
 
 def init_module(module: nn.Module) -> None:
@@ -294,12 +257,13 @@ def _limited(items: list[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def _check_fits(model: nn.Module, state: dict[str, Tensor], file_name: str, name: str) -> None:
-    """Raise ``CheckpointError`` naming missing, unexpected and wrongly shaped keys, if any."""
+def check_state_fits(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """Raise ``CheckpointError`` "<what>: missing …; unexpected …; wrong shape …" when ``state``
+    does not load into ``model`` with ``strict=True``."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} instead of {expected[k]}"
+    shapes = [f"{k} is {tuple(state[k].shape)} instead of {expected[k]}"
               for k in expected if k in state and tuple(state[k].shape) != expected[k]]
     problems = []
     if missing:
@@ -307,9 +271,9 @@ def _check_fits(model: nn.Module, state: dict[str, Tensor], file_name: str, name
     if unexpected:
         problems.append(f"unexpected {_limited(unexpected)}")
     if shapes:
-        problems.append(f"wrong shape {_limited(shapes)}")
+        problems.append(f"wrong shape: {_limited(shapes)}")
     if problems:
-        raise CheckpointError(f"{file_name} does not fit {name}: " + "; ".join(problems))
+        raise CheckpointError(f"{what}: " + "; ".join(problems))
 
 
 def _weights_state(weights: WeightsEnum, name: str, allow_download: bool,
@@ -339,10 +303,11 @@ def _weights_state(weights: WeightsEnum, name: str, allow_download: bool,
     return load_state_dict_file(path), "download"
 
 
-def load_pretrained(config: str, *, batch_norm: bool, num_classes: int,
+def load_pretrained(config: str, *, batch_norm: bool, num_classes: int | None,
                     weights_path: Path | str | None = None, allow_download: bool = True,
                     progress: bool = False) -> tuple[VGG, PretrainedInfo]:
-    """A VGG with pretrained weights and a fresh last layer ``Linear(4096, num_classes)``.
+    """A VGG with pretrained weights and a fresh last layer ``Linear(4096, num_classes)``
+    (``num_classes=None`` keeps the weights' own head, e.g. ImageNet's 1000 classes).
 
     Without ``weights_path`` the ImageNet weights come from torchvision's cache
     (``$TORCH_HOME/hub/checkpoints``), downloaded there when missing and ``allow_download`` is True
@@ -351,7 +316,8 @@ def load_pretrained(config: str, *, batch_norm: bool, num_classes: int,
     weights cannot be had and ``CheckpointError`` when the file is not a fitting state dict.
     """
     check_config(config)
-    check_num_classes(num_classes)
+    if num_classes is not None:
+        check_num_classes(num_classes)
     name = model_name(config, batch_norm)
     if weights_path is None:
         weights: WeightsEnum | None = imagenet_weights(config, batch_norm)  # raises for A-LRN and C
@@ -371,12 +337,13 @@ def load_pretrained(config: str, *, batch_norm: bool, num_classes: int,
     for key in model.state_dict():  # old BN files lack the counter; BatchNorm would default it to 0
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.tensor(0, dtype=torch.long)
-    _check_fits(model, state, file_name, name)
+    check_state_fits(model, state, f"{file_name} does not fit {name}")
     model.load_state_dict(state, strict=True, assign=True)
 
-    model.classifier[6] = nn.Linear(4096, num_classes)
-    init_module(model.classifier[6])
-    model.num_classes = num_classes
+    if num_classes is not None:
+        model.classifier[6] = nn.Linear(4096, num_classes)
+        init_module(model.classifier[6])
+        model.num_classes = num_classes
 
     categories: tuple[str, ...] = ()
     mean, std = IMAGENET_MEAN, IMAGENET_STD

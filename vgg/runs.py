@@ -16,30 +16,49 @@ reported as "interrupted". Checkpoints are read with ``torch.load(..., weights_o
 from __future__ import annotations
 
 import csv
-import dataclasses
-import enum
 import errno
 import io
-import json
 import logging
 import math
 import os
 import re
 import secrets
 import shutil
-import socket
 import time
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
 
-from vgg.errors import CheckpointError, ConfigError, PathError, VGGError
+from vgg.errors import CheckpointError, ConfigError, PathError, VGGError, one_line
+from vgg.events import (
+    CheckpointEvent,
+    DoneEvent,
+    EpochEvent,
+    Event,
+    FailedEvent,
+    StartEvent,
+    StepEvent,
+    TestEvent,
+)
+from vgg.files import (
+    fsync_dir,
+    jsonable,
+    read_json,
+    save_torch,
+    temp_path,
+    write_failure,
+    write_json,
+)
 from vgg.paths import validate_run_id
+from vgg.process import owner_alive, owner_record
 from vgg.safeload import load_weights_only
+
+if TYPE_CHECKING:
+    from vgg.evaluate import Predictions
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +74,6 @@ STATUS_FILE = "status.json"
 PREDICTIONS_FILE = "predictions.pt"
 CHECKPOINT_FORMAT = 1
 
-# Identifies this process in status.json: a pid alone is not enough, since pids are reused (a
-# server in a container is often pid 1 on every start).
-_PROCESS_TOKEN = uuid.uuid4().hex
-_HOST = socket.gethostname()
 
 CheckpointName = Literal["best", "last"]
 
@@ -95,189 +110,7 @@ class RunInfo:
         return self.status != "running"
 
 
-# ------------------------------------------------------------------------ process liveness
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) from ``/proc/<pid>/stat``; None if unknowable."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        fields = text[text.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
-        return fields[0], int(fields[19])
-    except (ValueError, IndexError):
-        return None
-
-
-def _own_start_time() -> int | None:
-    stat = _proc_stat(os.getpid())
-    return None if stat is None else stat[1]
-
-
-_PROCESS_START = _own_start_time()
-
-
-def owner_record() -> dict[str, Any]:
-    """What status.json records about the writing process."""
-    return {"pid": os.getpid(), "token": _PROCESS_TOKEN, "host": _HOST,
-            "process_start": _PROCESS_START}
-
-
-def _pid_exists(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, it just belongs to someone else
-        return True
-    except OSError:
-        return True
-    return True
-
-
-def owner_alive(status: Mapping[str, Any]) -> bool:
-    """Whether the process recorded in a status.json record is still alive.
-
-    This very process compares its token; on the same host another pid counts as alive if it
-    exists, is no zombie, and (on Linux) started at the recorded time. A run written on another
-    host cannot be checked and counts as alive.
-    """
-    pid = status.get("pid")
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
-    host = status.get("host")
-    if host is not None and host != _HOST:
-        return True
-    if pid == os.getpid():
-        return status.get("token") == _PROCESS_TOKEN
-    if not _pid_exists(pid):
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, start = stat
-    if state in ("Z", "X"):  # killed but not yet reaped
-        return False
-    recorded = status.get("process_start")
-    return not (isinstance(recorded, int) and recorded != start)
-
-
 # ------------------------------------------------------------------------ files
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON (and weights_only-safe) values: Paths, enums, dataclasses, tensors → primitives."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        try:
-            return _jsonable(value.item())
-        except (TypeError, ValueError):
-            pass
-    if isinstance(value, torch.device):
-        return str(value)
-    return str(value)
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); harmless to skip where directories cannot be opened."""
-    if os.name == "nt":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` to a temporary file next to ``path``, fsync, then replace.
-
-    On any failure the temporary file is removed, ``path`` is left as it was, and the
-    exception propagates.
-    """
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            logger.warning("could not remove the temporary file %s", tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=True) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name} does not hold a JSON object")
-    return data
-
-
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` (torch.save wraps a failed write in a RuntimeError)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _write_failure(file_name: str, run_id: str, exc: BaseException) -> CheckpointError:
-    os_error = _os_error_in(exc)
-    if os_error is not None:
-        reason = os_error.strerror or _first_line(str(os_error)) or type(os_error).__name__
-        if os_error.errno == errno.ENOSPC:
-            reason = "No space left on device"
-    else:
-        reason = _first_line(str(exc)) or type(exc).__name__
-    return CheckpointError(f"could not write {file_name} in {run_id}: {reason}; "
-                           "the previous file is kept")
 
 
 def _checkpoint_file(name: CheckpointName) -> str:
@@ -285,33 +118,6 @@ def _checkpoint_file(name: CheckpointName) -> str:
     if name not in CHECKPOINT_NAMES:
         raise ConfigError(f"unknown checkpoint {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
     return f"{name}.pt"
-
-
-def _tensor_bytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, Mapping):
-        return sum(_tensor_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in value)
-    return 0
-
-
-def _save_torch(path: Path, payload: Any, run_id: str) -> None:
-    """Atomically ``torch.save`` ``payload`` to ``path``; failures → CheckpointError."""
-    needed = _tensor_bytes(payload)
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    if free is not None and needed > free:
-        raise CheckpointError(
-            f"could not write {path.name} in {run_id}: No space left on device "
-            f"(needs {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB free); the previous file is kept")
-    try:
-        _atomic_write(path, lambda f: torch.save(payload, f))
-    except (OSError, RuntimeError) as exc:
-        raise _write_failure(path.name, run_id, exc) from exc
 
 
 def read_checkpoint_file(path: Path, *, label: str | None = None) -> Any:
@@ -337,8 +143,8 @@ class RunWriter:
             "run_id": run_id, "status": "running", "message": "", **owner_record(),
             "created_at": now, "started_at": now, "updated_at": now, "finished_at": None,
             "summary": {}}
-        _write_json(path / STATUS_FILE, self._status)
-        _write_json(path / CONFIG_FILE, dict(config))
+        write_json(path / STATUS_FILE, self._status)
+        write_json(path / CONFIG_FILE, dict(config))
         self._metrics = open(path / METRICS_FILE, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._metrics, lineterminator="\n")
         if self._metrics.tell() == 0:
@@ -379,8 +185,8 @@ class RunWriter:
         self._status["message"] = str(message)
         self._status["updated_at"] = now
         self._status["finished_at"] = now if status in FINAL_STATUSES else None
-        self._status["summary"] = {**self._status["summary"], **_jsonable(summary)}
-        _write_json(self.path / STATUS_FILE, self._status)
+        self._status["summary"] = {**self._status["summary"], **jsonable(summary)}
+        write_json(self.path / STATUS_FILE, self._status)
 
     def save_checkpoint(self, name: CheckpointName, model_state: Mapping[str, Any],
                         meta: Mapping[str, Any] | None = None) -> Path:
@@ -390,8 +196,8 @@ class RunWriter:
         """
         path = self.path / _checkpoint_file(name)
         payload = {"format": CHECKPOINT_FORMAT, "model": dict(model_state),
-                   "meta": _jsonable(dict(meta or {}))}
-        _save_torch(path, payload, self.run_id)
+                   "meta": jsonable(dict(meta or {}))}
+        save_torch(path, payload, self.run_id)
         return path
 
     def copy_checkpoint(self, source: CheckpointName, target: CheckpointName) -> Path:
@@ -403,7 +209,7 @@ class RunWriter:
         written in place, so the next ``save_checkpoint(source)`` leaves ``target`` as it is.
         """
         src, path = self.path / _checkpoint_file(source), self.path / _checkpoint_file(target)
-        tmp = _temp_path(path)
+        tmp = temp_path(path)
         try:
             try:
                 os.link(src, tmp)
@@ -417,14 +223,14 @@ class RunWriter:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 logger.warning("could not remove the temporary file %s", tmp)
-            raise _write_failure(path.name, self.run_id, exc) from exc
-        _fsync_dir(path.parent)
+            raise write_failure(path.name, self.run_id, exc) from exc
+        fsync_dir(path.parent)
         return path
 
-    def save_predictions(self, predictions: Mapping[str, Any]) -> Path:
-        """Write the test-set predictions (labels, probabilities, hidden, indices, ...) atomically."""
+    def save_predictions(self, predictions: Predictions) -> Path:
+        """Write the test-set predictions (``vgg.evaluate.Predictions``) atomically."""
         path = self.path / PREDICTIONS_FILE
-        _save_torch(path, dict(predictions), self.run_id)
+        save_torch(path, predictions.payload(), self.run_id)
         return path
 
     def close(self) -> None:
@@ -439,9 +245,67 @@ class RunWriter:
         try:
             if exc is not None and self.status == "running":
                 text = str(exc) if isinstance(exc, VGGError) else f"{type(exc).__name__}: {exc}"
-                self.set_status("failed", _first_line(text) or type(exc).__name__)
+                self.set_status("failed", one_line(text, 200) or type(exc).__name__)
         finally:
             self.close()
+
+
+class RunRecorder:
+    """Writes a run folder from a training's events (``vgg.events``): the one listener that touches
+    the disk. ``StartEvent`` creates the folder; steps and epochs become metrics rows; a
+    ``CheckpointEvent`` replaces ``last.pt`` (and makes ``best.pt`` the same file after a best
+    epoch); ``TestEvent`` writes ``predictions.pt`` and the test row; ``DoneEvent`` or
+    ``FailedEvent`` the final status. Events before ``StartEvent`` are ignored."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.writer: RunWriter | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.writer is None else self.writer.run_id
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StartEvent):
+            self.writer = self.store.create(event.config, name_hint=event.name)
+            return
+        writer = self.writer
+        if writer is None:
+            return
+        if isinstance(event, StepEvent):
+            writer.append_metrics({
+                "kind": "step", "step": event.step, "epoch": event.epoch, "images_seen": event.images_seen,
+                "seconds": round(event.seconds, 3), "lr": event.lr, "loss": event.loss,
+                "accuracy": event.accuracy, "images_per_second": round(event.images_per_second, 1)})
+        elif isinstance(event, CheckpointEvent):
+            writer.save_checkpoint("last", event.state, event.meta)
+            if event.is_best:
+                writer.copy_checkpoint("last", "best")
+        elif isinstance(event, EpochEvent):
+            writer.append_metrics({
+                "kind": "epoch", "step": event.step, "epoch": event.epoch, "images_seen": event.images_seen,
+                "seconds": round(event.elapsed, 3), "train_loss": event.train_loss,
+                "train_accuracy": event.train_accuracy, "val_loss": event.val_loss,
+                "val_accuracy": event.val_accuracy})
+        elif isinstance(event, TestEvent):
+            predictions = event.predictions
+            writer.append_metrics({"kind": "test", "step": event.step, "epoch": event.epoch,
+                                   "images_seen": event.images_seen, "val_loss": predictions.loss,
+                                   "val_accuracy": predictions.accuracy})
+            writer.save_predictions(predictions)
+        elif isinstance(event, DoneEvent):
+            result = event.result
+            writer.close()
+            writer.set_status(result.status, result.message or result.status,
+                              best_val_loss=result.best_val_loss, best_val_accuracy=result.best_val_accuracy,
+                              test_loss=result.test_loss, test_accuracy=result.test_accuracy,
+                              epochs_done=result.epochs_done, steps=result.steps,
+                              seconds=round(result.seconds, 2),
+                              images_per_second=round(result.images_per_second, 1),
+                              classes=list(result.classes))
+        elif isinstance(event, FailedEvent):
+            writer.set_status("failed", event.message)
+            writer.close()
 
 
 def _csv_value(value: Any) -> Any:
@@ -533,11 +397,11 @@ class RunStore:
 
     def _info(self, run_id: str, path: Path) -> RunInfo:
         try:
-            status = _read_json(path / STATUS_FILE)
+            status = read_json(path / STATUS_FILE)
         except (OSError, ValueError) as exc:
-            status = {"status": "failed", "message": f"status.json is unreadable: {_first_line(str(exc))}"}
+            status = {"status": "failed", "message": f"status.json is unreadable: {one_line(exc, 200)}"}
         try:
-            config = _read_json(path / CONFIG_FILE)
+            config = read_json(path / CONFIG_FILE)
         except (OSError, ValueError):
             config = {}
         state = status.get("status") if status.get("status") in RUN_STATUSES else "failed"
@@ -565,7 +429,7 @@ class RunStore:
         status = {**status, "status": "interrupted", "message": message,
                   "updated_at": now, "finished_at": now}
         try:
-            _write_json(path / STATUS_FILE, status)
+            write_json(path / STATUS_FILE, status)
             for tmp in path.glob(".*.tmp"):  # half-written files of the dead process
                 tmp.unlink(missing_ok=True)
         except OSError:
@@ -610,15 +474,20 @@ class RunStore:
         data.setdefault("meta", {})
         return data
 
-    def load_predictions(self, run_id: str) -> dict[str, Any]:
-        """Load ``predictions.pt`` (weights only)."""
+    def predictions_path(self, run_id: str) -> Path:
+        """Where a run's ``predictions.pt`` is; ``CheckpointError`` while it has none
+        (``vgg.evaluate.load_run_predictions`` reads it)."""
         path = self._existing(run_id) / PREDICTIONS_FILE
         if not path.is_file():
             raise CheckpointError(f"run {run_id} has no test-set predictions yet")
-        data = read_checkpoint_file(path, label=f"{PREDICTIONS_FILE} of run {run_id}")
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{PREDICTIONS_FILE} of run {run_id} does not hold a mapping")
-        return data
+        return path
+
+    def save_predictions(self, run_id: str, predictions: Predictions) -> Path:
+        """Write ``predictions.pt`` into an existing run's folder (atomically; e.g. after a run that
+        stopped before its test evaluation was evaluated later)."""
+        path = self._existing(run_id) / PREDICTIONS_FILE
+        save_torch(path, predictions.payload(), run_id)
+        return path
 
     # ---------------------------------------------------------------- deleting
 

@@ -43,6 +43,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def choose_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ("auto", "fp32", "bf16") on ``device``; None means fp32.
+
+    auto: bf16 on GPUs that support it, and on CPUs with native bf16 units (AVX-512 BF16, AMX).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and _cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def default_device() -> torch.device:
     """The device named by ``$VGG_DEVICE`` (default ``auto``)."""
     return resolve_device(os.environ.get("VGG_DEVICE", "auto"))

@@ -64,21 +64,18 @@ def _cached_layer_table(config: str, batch_norm: bool, input_size: int, num_clas
 def model_layer_table(model: nn.Module, *, input_size: int = 224) -> pd.DataFrame:
     """The layer table of an existing VGG (e.g. a frozen one: ``trainable_params`` then differs).
 
-    Runs one forward pass of a ``meta`` image without the pool folding (the classic computation).
+    Runs one forward pass of a ``meta`` image (torchvision's computation: no speed-ups).
     """
     check_input_size(input_size)
     leaves = [(name, module) for name, module in model.named_modules() if name and not any(module.children())]
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [module.register_forward_hook(_shape_recorder(shapes, name)) for name, module in leaves]
-    fold = getattr(model, "fold_pool", False)
     counter = FlopCounterMode(display=False)
     try:
-        model.fold_pool = False
         image = torch.empty(1, 3, input_size, input_size, device="meta")
         with torch.no_grad(), counter:
             model(image)
     finally:
-        model.fold_pool = fold
         for handle in handles:
             handle.remove()
     # Keys look like "VGG.features.0"; drop the root's class name.
@@ -331,3 +328,13 @@ def conv_stack_weights(channels: int, depth: int) -> tuple[int, int]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{label} must be a positive integer, got {value!r}")
     return depth * 9 * channels ** 2, (2 * depth + 1) ** 2 * channels ** 2
+
+
+def trainable_by_freeze(config: str, *, batch_norm: bool = False, num_classes: int = 10) -> dict[str, int]:
+    """Parameters that learn under each freeze mode (``"none"``, ``"features"``, ``"all_but_last"``),
+    and the ``"total"``: with ``features`` frozen only the classifier learns, with ``all_but_last``
+    only its last layer (4096 weights per class plus a bias)."""
+    totals = table_totals(layer_table(config, batch_norm=batch_norm, input_size=MIN_INPUT_SIZE,
+                                      num_classes=num_classes))
+    return {"none": totals["total_params"], "features": totals["fc_params"],
+            "all_but_last": 4096 * num_classes + num_classes, "total": totals["total_params"]}

@@ -1,4 +1,4 @@
-"""Job functions shared by the app and the CLI: load data, run an LR range test, train.
+"""Job functions shared by the app and the CLI: load data, run an LR range test, train, evaluate.
 
 Each ``*_task`` returns a callable for :meth:`vgg.jobs.JobManager.submit`; it publishes what a
 page needs to draw through the job's snapshots (history items are the engine's frozen events).
@@ -7,16 +7,19 @@ page needs to draw through the job's snapshots (history items are the engine's f
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from vgg.data import DataConfig, DataSplits, load_data, subset_classes
 from vgg.errors import VGGError
+from vgg.evaluate import evaluate_run
+from vgg.events import DoneEvent, EpochEvent, StatusEvent, StepEvent, TrainResult
 from vgg.jobs import JobContext
-from vgg.lr_finder import LRFinderConfig, LRFinderResult, LRFinderStep
+from vgg.lr_finder import LRFinderConfig, LRFinderResult, LRFinderStep, find_lr_for
 from vgg.runs import RunStore
 from vgg.settings import flush_denormals
-from vgg.train import DoneEvent, EpochEvent, StatusEvent, StepEvent, TrainConfig, TrainResult, find_lr_for, fit
+from vgg.train import TrainConfig, fit
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -141,5 +144,21 @@ def train_task(cfg: TrainConfig, registry: DataRegistry, store: RunStore) -> Cal
             # The run's folder says "diverged"; the job reports it as a failure with the step.
             raise VGGError(f"training diverged: {result.message}")
         return result
+
+    return run
+
+
+def evaluate_task(run_id: str, data_cfg: DataConfig, registry: DataRegistry,
+                  store: RunStore) -> Callable[[JobContext], float]:
+    """Evaluate a run's best checkpoint on its test set and save its predictions (for runs that
+    stopped before their test evaluation); the result is the test accuracy."""
+
+    def run(ctx: JobContext) -> float:
+        ctx.publish(message="loading the data set", progress=0.0)
+        splits = registry.get(data_cfg, lambda done, total, msg: ctx.publish(message=msg))
+        ctx.publish(message=f"evaluating best.pt on {len(splits.test)} test images", progress=0.5)
+        predictions = evaluate_run(store, run_id, splits, cancel=ctx.cancel_event)
+        ctx.publish(message=f"test accuracy {predictions.accuracy:.1%}", progress=1.0)
+        return predictions.accuracy
 
     return run

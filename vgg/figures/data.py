@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from vgg.data import augment_batch, normalize, resize_images, to_float
+from vgg.augment import augment_batch, normalize, to_float
+from vgg.data import resize_images
 
 SPLIT_COLORS: dict[str, str] = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b"}
 CHANNEL_COLORS: dict[str, str] = {"R": "#d62728", "G": "#2ca02c", "B": "#1f77b4"}

@@ -6,12 +6,18 @@ function of lists of floats (no torch, no streamlit).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.subplots import make_subplots
+
+from vgg.compare import ema
+from vgg.events import EpochEvent, StepEvent
 
 RAW_COLOR = "rgba(76, 120, 168, 0.35)"
 SMOOTH_COLOR = "#4c78a8"
@@ -23,25 +29,6 @@ MARK_SYMBOLS: dict[str, str] = {"steepest": "diamond", "valley": "star", "min_di
 MARK_TEXT: dict[str, str] = {"steepest": "top right", "valley": "top left", "min_div10": "bottom right"}
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 LEGEND = {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"}
-
-
-def ema(values: Sequence[float], smoothing: float) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's slider): 0 returns ``values``, 0.99 is very smooth.
-
-    Non-finite values are passed through and left out of the average.
-    """
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
-    out: list[float] = []
-    last, weight = 0.0, 0.0
-    for value in map(float, values):
-        if not math.isfinite(value):
-            out.append(value)
-            continue
-        last = smoothing * last + (1.0 - smoothing) * value
-        weight = smoothing * weight + (1.0 - smoothing)
-        out.append(last / weight)
-    return out
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -233,3 +220,41 @@ def range_test_schedule_figure(lrs: Sequence[float]) -> go.Figure:
                       xaxis={"title": "iteration"},
                       yaxis={"title": "learning rate (log scale)", "type": "log", "exponentformat": "power"})
     return fig
+
+
+def prediction_grid(images: np.ndarray, samples: Sequence[Any], classes: Sequence[str], *,
+                    size: int = 64) -> tuple[list[bytes], list[str]]:
+    """Validation pictures framed green (right) or red (wrong), as PNGs, with captions.
+
+    ``images`` are the samples' uint8 pictures (N, 3, H, W); ``samples`` their ``SamplePrediction``s
+    (true class, predicted class, confidence), in the same order.
+    """
+    pictures: list[bytes] = []
+    captions: list[str] = []
+    for image, s in zip(images, samples, strict=True):
+        img = image.transpose(1, 2, 0)  # (H, W, 3)
+        img = img.repeat(max(1, size // img.shape[0]), 0).repeat(max(1, size // img.shape[1]), 1)
+        ok = s.true == s.predicted
+        framed = np.empty((img.shape[0] + 8, img.shape[1] + 8, 3), dtype=np.uint8)
+        framed[:] = (40, 160, 60) if ok else (210, 40, 40)
+        framed[4:-4, 4:-4] = img
+        buffer = io.BytesIO()
+        Image.fromarray(framed).save(buffer, format="PNG")
+        pictures.append(buffer.getvalue())
+        true, pred = classes[s.true], classes[s.predicted]
+        captions.append(f"✓ {pred} {s.confidence:.0%}" if ok else f"✗ {pred} {s.confidence:.0%} (is {true})")
+    return pictures, captions
+
+
+def training_figures(history: Sequence[Any], smoothing: float) -> tuple[go.Figure, go.Figure]:
+    """The Train page's two figures from a training job's history (its StepEvents and EpochEvents):
+    the per-step curves with the epochs' starts, and training against validation per epoch."""
+    steps = [e for e in history if isinstance(e, StepEvent)]
+    epochs = [e for e in history if isinstance(e, EpochEvent)]
+    starts = [s.step for prev, s in zip(steps, steps[1:], strict=False) if s.epoch != prev.epoch]
+    step_fig = step_curves_figure([s.step for s in steps], [s.loss for s in steps], [s.accuracy for s in steps],
+                                  [s.lr for s in steps], smoothing=smoothing, epoch_starts=starts)
+    epoch_fig = epoch_curves_figure([e.epoch for e in epochs], [e.train_loss for e in epochs],
+                                    [e.val_loss for e in epochs], [e.train_accuracy for e in epochs],
+                                    [e.val_accuracy for e in epochs])
+    return step_fig, epoch_fig

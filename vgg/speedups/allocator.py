@@ -19,7 +19,7 @@ Two ways to apply them:
 - ``tune_allocator()`` (``mallopt``) from the main thread, before other threads start: the CLI and
   the benchmarks, whose training runs on the main thread.
 - ``GLIBC_TUNABLES`` in the environment when the process starts (``tuned_environ()``; ``python -m
-  vgg.allocator COMMAND…`` runs a Python command so): the app's server. By the time ``app.py`` runs,
+  vgg.speedups.allocator COMMAND…`` runs a Python command so): the app's server. By the time ``app.py`` runs,
   Streamlit's threads have their own arenas, and a job thread started later takes over one of them
   (an exited thread's arena is reused whatever ``mallopt`` says), so ``mallopt`` there is too late:
   the server's training thread took 8,192 page faults per freed-and-reallocated 64 MB block
@@ -98,16 +98,16 @@ def late_notice() -> str | None:
     if _noticed or not enabled() or started_tuned():
         return None
     _noticed = True
-    return ("vgg.allocator: this server started without GLIBC_TUNABLES, so a training in it pays for page "
-            "faults on its big buffers every step; start it with `make run` (or `python -m vgg.allocator "
+    return ("vgg.speedups.allocator: this server started without GLIBC_TUNABLES, so a training in it pays for page "
+            "faults on its big buffers every step; start it with `make run` (or `python -m vgg.speedups.allocator "
             "-m streamlit run app.py`) for the faster way.")
 
 
 def main(argv: list[str]) -> int:
-    """``python -m vgg.allocator ARGS…``: run ``python ARGS…`` (e.g. ``-m streamlit run app.py``)
+    """``python -m vgg.speedups.allocator ARGS…``: run ``python ARGS…`` (e.g. ``-m streamlit run app.py``)
     in this process's place, with ``GLIBC_TUNABLES`` set."""
     if not argv:
-        print("usage: python -m vgg.allocator ARGS...   (runs python ARGS... with the tuned allocator)",
+        print("usage: python -m vgg.speedups.allocator ARGS...   (runs python ARGS... with the tuned allocator)",
               file=sys.stderr)
         return 2
     os.execve(sys.executable, [sys.executable, *argv], tuned_environ())

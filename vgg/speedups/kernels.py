@@ -11,7 +11,8 @@ rounding (a test checks outputs and all three gradients).
 ``Conv2d`` is a drop-in ``nn.Conv2d`` (same parameters, state dict, repr and hooks) that takes
 this path only on the CPU, for 3×3 / stride 1 / padding 1 layers on maps of at most
 ``SMALL_MAP_PIXELS`` pixels, and calls ``nn.Conv2d`` everywhere else (CUDA, MPS, the meta device,
-larger maps).
+larger maps). The model (``vgg.model``) is built with plain ``nn.Conv2d`` layers, as torchvision's;
+``use_small_map_convs`` switches a built model's convolutions to this class in place.
 """
 
 from __future__ import annotations
@@ -97,3 +98,15 @@ class Conv2d(nn.Conv2d):
 
     def _get_name(self) -> str:  # print as torchvision's layer does
         return "Conv2d"
+
+
+def use_small_map_convs(model: nn.Module) -> nn.Module:
+    """Give every plain ``nn.Conv2d`` of ``model`` this module's faster small-map path, in place.
+
+    Only the class changes: parameters, buffers, hooks and the optimizer's references stay the same
+    objects, and the state dict and ``print(model)`` are unchanged. Returns ``model``.
+    """
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = Conv2d
+    return model
