@@ -13,21 +13,23 @@ if (notice := late_notice()) is not None:  # the server's threads need it from t
 
 import streamlit as st  # noqa: E402
 
+from ui.common import current_data, data_label, locks  # noqa: E402
+from ui.people import name_ui, share_ui, sync_address, teacher_ui  # noqa: E402
 from ui.sidebar import sidebar_jobs  # noqa: E402
 from vgg.errors import VGGError  # noqa: E402
 from vgg.settings import default_device, device_description  # noqa: E402
 
 PAGES_DIR = Path(__file__).parent / "pages"
 
-# The lesson in order: (file in pages/, title, icon). The first page is the default.
+# The lesson in order: (file in pages/, title, icon, address). "/" opens the first.
 PAGES = (
-    ("architecture.py", "Architecture", ":material/account_tree:"),
-    ("data.py", "Data", ":material/photo_library:"),
-    ("lr_finder.py", "LR finder", ":material/trending_down:"),
-    ("train.py", "Train", ":material/model_training:"),
-    ("compare.py", "Compare", ":material/compare_arrows:"),
-    ("evaluate.py", "Evaluate", ":material/fact_check:"),
-    ("classify.py", "Classify", ":material/image_search:"),
+    ("architecture.py", "Architecture", ":material/account_tree:", "architecture"),
+    ("data.py", "Data", ":material/photo_library:", "data"),
+    ("lr_finder.py", "LR finder", ":material/trending_down:", "lr-finder"),
+    ("train.py", "Train", ":material/model_training:", "train"),
+    ("compare.py", "Compare", ":material/compare_arrows:", "compare"),
+    ("evaluate.py", "Evaluate", ":material/fact_check:", "evaluate"),
+    ("classify.py", "Classify", ":material/image_search:", "classify"),
 )
 LIVE_PAGES = {"LR finder", "Train", "Compare"}  # pages that show the running job themselves
 
@@ -39,14 +41,17 @@ def device_label() -> str:
 
 
 def sidebar_status(page_title: str) -> None:
-    """Device and data set in use, and the job list, shown on every page."""
+    """Who you are, device and data set in use, sharing, the teacher, and the job list: every page."""
     with st.sidebar:
+        name_ui()
         try:
             st.markdown(f":material/memory: **Device:** {device_label()}")
         except VGGError as error:  # a bad VGG_DEVICE names the choices
             st.error(str(error))
-        dataset = st.session_state.get("dataset_label", "synthetic")
-        st.markdown(f":material/dataset: **Data set:** {dataset}")
+        locked = " (locked by the teacher)" if locks().data is not None else ""
+        st.markdown(f":material/dataset: **Data set:** {data_label(current_data())}{locked}")
+        share_ui()
+        teacher_ui()
         sidebar_jobs(page_shows_jobs=page_title in LIVE_PAGES)
 
 
@@ -56,10 +61,19 @@ def no_pages_yet() -> None:
 
 st.set_page_config(page_title="VGG classroom", page_icon=":material/school:", layout="wide")
 pages = [
-    st.Page(PAGES_DIR / file, title=title, icon=icon)
-    for file, title, icon in PAGES
+    st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=path)
+    for file, title, icon, path in PAGES
     if (PAGES_DIR / file).exists()
 ]
-page = st.navigation(pages or [st.Page(no_pages_yet, title="VGG classroom")])
+
+
+def home() -> None:
+    """"/": the first page at its own address, with the settings the link carried."""
+    st.switch_page(pages[0], query_params=st.query_params.to_dict())
+
+
+entry = [st.Page(home, title="VGG classroom", url_path="home", default=True, visibility="hidden")] if pages else []
+page = st.navigation(entry + pages or [st.Page(no_pages_yet, title="VGG classroom")])
+sync_address()
 sidebar_status(page.title)
 page.run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ui import urlstate as url
 from ui.lessons import Lessons
 from ui.shell import ensure_app_shell
 from vgg import summary
@@ -15,6 +16,7 @@ from vgg.model import CONFIG_LABELS, CONFIG_NAMES, torchvision_name
 lesson = Lessons("architecture")
 KEEP = {"persist_state": "page"}  # a value in a tab survives a look at another tab
 NUMBER_COLUMNS = {
+    "type": st.column_config.TextColumn(width="medium"),  # "BatchNorm2d" whole
     "parameters": st.column_config.NumberColumn(format="localized"),
     "trainable": st.column_config.NumberColumn(format="localized"),
     "multiply-adds": st.column_config.NumberColumn(format="localized"),
@@ -27,14 +29,25 @@ def layer_table(config: str, batch_norm: bool, input_size: int, num_classes: int
     return summary.layer_table(config, batch_norm=batch_norm, input_size=input_size, num_classes=num_classes)
 
 
+# The page's view in its address: /architecture?config=E&bn=0&size=224&classes=1000
+URL = (
+    url.Param("config", "config", url.choice(CONFIG_NAMES), "D"),
+    url.Param("bn", "batch_norm", url.flag, False, url.show_flag),
+    url.Param("size", "input_size", url.integer(summary.MIN_INPUT_SIZE, summary.MAX_INPUT_SIZE), 224),
+    url.Param("classes", "num_classes", url.integer(2, 100_000), 1000),
+)
+
+
 def model_ui() -> tuple[str, bool, int, int]:
+    start = url.initial(URL)  # the address's view, or the defaults
     left, middle, right, far = st.columns([3, 1.4, 1.4, 1.4], vertical_alignment="bottom")
-    config = left.selectbox("Configuration (Table 1)", CONFIG_NAMES, index=CONFIG_NAMES.index("D"),
+    config = left.selectbox("Configuration (Table 1)", CONFIG_NAMES, index=CONFIG_NAMES.index(start["config"]),
                             format_func=CONFIG_LABELS.get, key="config")
-    batch_norm = middle.toggle("Batch norm", key="batch_norm")
-    size = right.number_input("Input size (px)", min_value=summary.MIN_INPUT_SIZE,
-                              max_value=summary.MAX_INPUT_SIZE, value=224, step=32, key="input_size")
-    classes = far.number_input("Classes", min_value=2, max_value=100_000, value=1000, key="num_classes")
+    batch_norm = middle.toggle("Batch norm", value=start["batch_norm"], key="batch_norm")
+    size = right.number_input("Input size (px)", min_value=summary.MIN_INPUT_SIZE, max_value=summary.MAX_INPUT_SIZE,
+                              value=start["input_size"], step=32, key="input_size")
+    classes = far.number_input("Classes", min_value=2, max_value=100_000, value=start["num_classes"],
+                               key="num_classes")
     return config, batch_norm, int(size), int(classes)
 
 
@@ -42,6 +55,7 @@ ensure_app_shell()
 st.title("Architecture")
 lesson("intro")
 config, batch_norm, input_size, num_classes = model_ui()
+url.publish(URL)
 try:
     table = layer_table(config, batch_norm, input_size, num_classes)
 except VGGError as e:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from ui.common import run_store, show_error, status_badge
 from ui.lessons import Lessons
@@ -60,7 +61,10 @@ def classify(data: bytes, name: str, run_id: str, mtime: float, with_imagenet: b
         "unsure": prediction.unsure,
         "resized": steps["resized"],
         "normalised": steps["normalised"].numpy(),
-        "overlay": np.asarray(gradcam.overlay_heatmap(shown, heatmap)),
+        # over the picture the model saw (enlarged): a coarse map covers what the model could see
+        "overlay": np.asarray(gradcam.overlay_heatmap(Image.fromarray(enlarge(steps["resized"], DISPLAY_SIZE // 2)),
+                                                      heatmap)),
+        "cells": heatmap.shape,
         "imagenet": imagenet,
     }
 
@@ -108,7 +112,9 @@ def show_picture(file_id: str, name: str, result: dict[str, Any], loaded: infere
         ),
         key=f"top5-{file_id}",
     )
-    right.image(result["overlay"], caption=f"Grad-CAM: where the evidence for “{label}” is")
+    rows, cols = result["cells"]
+    right.image(result["overlay"], caption=f"Grad-CAM: where the evidence for “{label}” is "
+                f"({rows}×{cols} cells of the last convolution, on the {loaded.input_size} px input)")
     if result["unsure"]:
         st.info(lessons.text("unsure", confidence=f"{confidence:.0%}", label=label), icon=":material/help:")
     with st.expander("Preprocessing step by step"):

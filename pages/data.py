@@ -12,6 +12,7 @@ from ui.common import (
     data_label,
     data_registry,
     image_folders,
+    locks,
     set_current_data,
     show_data_loading,
 )
@@ -152,15 +153,19 @@ def show(splits: DataSplits) -> None:
 ensure_app_shell()
 st.title("Data")
 lesson("intro")
+fixed = locks().data is not None
+if fixed:
+    st.info(f"The teacher fixed the class's data set: **{data_label(current_data())}**. You can look at "
+            "others here, but every page uses that one.", icon=":material/lock:")
 cfg = source_ui(current_data())
 if cfg is not None:
     in_use, loaded = cfg == current_data(), data_registry().peek(cfg) is not None
-    if st.button("Use this data set", type="primary", disabled=in_use or not loaded, icon=":material/check:",
-                 key="data_use", help=None if loaded else "Available once it has loaded"):
+    if st.button("Use this data set", type="primary", disabled=in_use or not loaded or fixed,
+                 icon=":material/lock:" if fixed else ":material/check:", key="data_use",
+                 help="Locked by the teacher" if fixed else (None if loaded else "Available once it has loaded")):
         set_current_data(cfg, data_label(cfg))
-        st.rerun()  # the sidebar shows the new choice
-    label = st.session_state.get("dataset_label", data_label(current_data()))
-    st.caption(f"In use on every page: **{label}**"
+        st.rerun()  # the sidebar (and the address) show the new choice
+    st.caption(f"In use on every page: **{data_label(current_data())}**"
                + (" (this one)" if in_use else " — press the button to use the one shown below instead"))
     if cfg.source == "cifar10":
         with st.expander("Where CIFAR-10 comes from"):

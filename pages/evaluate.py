@@ -11,9 +11,9 @@ import streamlit as st
 from ui.common import (
     data_registry,
     job_manager,
+    owner,
     poll_interval,
     run_store,
-    session_id,
     show_data_loading,
     show_error,
     status_badge,
@@ -27,7 +27,7 @@ from vgg.errors import VGGError
 from vgg.evaluate import Predictions, load_run_predictions
 from vgg.figures import evaluate as figures
 from vgg.jobs import JobSnapshot, JobStatus
-from vgg.runs import RunInfo
+from vgg.runs import RunInfo, torchvision_state_bytes
 from vgg.tasks import evaluate_task
 
 lesson = Lessons("evaluate")
@@ -75,7 +75,7 @@ def evaluate_now(info: RunInfo, data_cfg: DataConfig | None) -> None:
                      key="evaluate_now", disabled=data_cfg is None):
             job_manager().submit("evaluate", f"Evaluate {info.run_id}",
                                  evaluate_task(info.run_id, data_cfg, data_registry(), run_store()),
-                                 key=key, owner=session_id())
+                                 key=key, owner=owner())
             st.rerun()
         return
 
@@ -244,7 +244,7 @@ def downloads_section(info: RunInfo, table: Any) -> None:
     best = info.path / "best.pt"
     st.download_button(
         f"Best checkpoint (best.pt, {best.stat().st_size / 1e6:.0f} MB)",
-        best.read_bytes,
+        lambda: torchvision_state_bytes(store, info.run_id),
         file_name=f"{info.run_id}-best.pt",
         mime="application/octet-stream",
         on_click="ignore",
@@ -290,8 +290,8 @@ cols = st.columns(4)
 cols[0].metric("Test accuracy", f"{p.accuracy:.1%}")
 cols[1].metric("Test loss", f"{loss:.3f}" if isinstance(loss, (int, float)) else "—")
 cols[2].metric("Test images", f"{len(labels):,}")
-best_val = info.summary.get("best_val_accuracy")
-cols[3].metric("Best validation accuracy", f"{best_val:.1%}" if isinstance(best_val, (int, float)) else "—")
+best_val = run_store().best_val_accuracy(info)
+cols[3].metric("Best validation accuracy", f"{best_val:.1%}" if best_val is not None else "—")
 
 splits = show_data_loading(data_cfg) if data_cfg is not None else None
 test = splits.test if splits is not None else None
@@ -307,8 +307,8 @@ for tab, section in zip(tabs, SECTIONS, strict=True):
     with tab:
         if section == "Accuracy":
             st.plotly_chart(figures.per_class_figure(table, overall=p.accuracy), key="per_class")
-            st.dataframe(table, hide_index=True,
-                         column_config={"accuracy": st.column_config.NumberColumn(format="percent")})
+            st.dataframe(table.assign(accuracy=table["accuracy"] * 100), hide_index=True,
+                         column_config={"accuracy": st.column_config.NumberColumn(format="%.1f%%")})
         elif section == "Confusion matrix":
             confusion_section(labels, preds, probs, classes, test)
         elif section == "Mistakes":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from ui.common import current_data, data_label, data_registry, run_store, show_error
+from ui.common import current_data, data_label, data_registry, locks, run_store, show_error
 from ui.jobs import config_key, describe_job_error, job_config, live_job_view, submit_job, watched_job
+from ui import urlstate as url
 from ui.lessons import Lessons
 from ui.live import cached_figure
 from ui.shell import ensure_app_shell, page_link
@@ -25,17 +26,27 @@ RULE_TITLES = {"steepest": "Steepest slope", "valley": "Valley (fastai's default
                "min_div10": "Minimum ÷ 10"}
 S = {"persist_state": "session"}  # settings survive a visit to another page
 D, R = TrainConfig(), LRFinderConfig()  # the defaults, written once
+# The page's main settings in its address: /lr-finder?config=A&bn=1&optimizer=sgd&batch=64
+URL = (
+    url.Param("config", "lrf-config", url.choice(CONFIG_NAMES), D.config),
+    url.Param("bn", "lrf-bn", url.flag, D.batch_norm, url.show_flag),
+    url.Param("optimizer", "lrf-optimizer", url.choice(OPTIMIZERS), D.optimizer),
+    url.Param("batch", "lrf-batch", url.integer(1, 4096), D.batch_size),
+    url.Param("start", "lrf-init", url.choice(("scratch", "imagenet", "run")), "scratch"),
+)
 
 
 def model_ui() -> tuple[TrainConfig | None, LRFinderConfig | None, bool]:
     """The model, its starting weights and the range test's settings; (None, None, False) if invalid."""
+    start = url.initial(URL)  # the address's settings, or the defaults
     a, b, c, d = st.columns([2.2, 1, 1.3, 1], vertical_alignment="bottom")
-    config = a.selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(D.config),
+    config = a.selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(start["lrf-config"]),
                          format_func=CONFIG_LABELS.get, key="lrf-config", **S)
-    batch_norm = b.toggle("Batch norm", value=D.batch_norm, key="lrf-bn", **S)
-    optimizer = c.selectbox("Optimizer", OPTIMIZERS, key="lrf-optimizer", **S)
-    batch_size = d.number_input("Batch size", 0, 100_000, D.batch_size, key="lrf-batch", **S)
-    init = init_ui(config, batch_norm, key="lrf")
+    batch_norm = b.toggle("Batch norm", value=start["lrf-bn"], key="lrf-bn", **S)
+    optimizer = c.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(start["lrf-optimizer"]),
+                            key="lrf-optimizer", **S)
+    batch_size = d.number_input("Batch size", 0, 100_000, start["lrf-batch"], key="lrf-batch", **S)
+    init = init_ui(config, batch_norm, key="lrf", start=start["lrf-init"])
     freeze = st.selectbox("Freeze", FREEZE_MODES, key="lrf-freeze", disabled=init in (None, "scratch"),
                           help="Which weights stay fixed; only possible from trained weights.", **S)
     # Loose bounds: an out-of-range value reaches LRFinderConfig, whose message says what is allowed.
@@ -79,6 +90,8 @@ def curve_figure(snap: JobSnapshot) -> go.Figure:
     if snap.result is not None:
         res = snap.result.result
         marks = [(rule, s.lr, res.smoothed[s.index]) for rule, s in res.suggestions.items() if s is not None]
+        if res.recommended is not None:
+            marks.insert(0, ("recommended", res.recommended.lr, res.smoothed[res.recommended.index]))
         if lr_cfg is not None and len(res.lrs) - lr_cfg.skip_start - lr_cfg.skip_end >= MIN_POINTS:
             skips = (lr_cfg.skip_start, lr_cfg.skip_end)  # else the rules used every point
     return figures.lr_finder_figure(
@@ -102,14 +115,27 @@ def results(snap: JobSnapshot) -> None:
     if snap.result is None:
         return
     res = snap.result.result
+    advice = res.recommended
+    with st.container(border=True):
+        left, right = st.columns([1, 2], vertical_alignment="center")
+        left.metric(":material/recommend: Recommended learning rate", f"{advice.lr:.2e}" if advice else "—")
+        left.button("Use this LR", key="lrf-use-recommended", icon=":material/check:", type="primary",
+                    on_click=choose_lr, args=(float(advice.lr) if advice else 0.0,), disabled=advice is None)
+        right.markdown(advice.explanation if advice else "Not enough points on the curve for a recommendation.")
+        right.caption(lesson.text("recommended"))
+    st.caption("The three classic rules, for the lesson (they often disagree; see the Lessons tab):")
     for col, rule in zip(st.columns(len(RULES)), RULES, strict=True):
         suggestion = res.suggestions.get(rule)
         with col.container(border=True):
             st.metric(RULE_TITLES[rule], f"{suggestion.lr:.2e}" if suggestion else "—")
+            # The button before the text: the texts differ in length, the buttons stay in line.
+            st.button("Use this LR", key=f"lrf-use-{rule}", icon=":material/check:", on_click=choose_lr,
+                      args=(float(suggestion.lr) if suggestion else 0.0,), disabled=suggestion is None)
             st.caption(suggestion.explanation if suggestion else "Not enough points on the curve for it.")
-            if suggestion is not None:
-                st.button("Use this LR", key=f"lrf-use-{rule}", icon=":material/check:", on_click=choose_lr,
-                          args=(float(suggestion.lr),))
+    chosen = st.session_state.get("chosen_lr")
+    if chosen is not None:  # right below the buttons that set it
+        st.success(f"Learning rate for training: **{chosen:.2e}**", icon=":material/check_circle:")
+        page_link("pages/train.py", "Go to the Train page", icon=":material/model_training:")
     if res.restored:
         st.success("Weights restored: after the test the model and the optimizer were put back exactly as "
                    "they were before it, so a training starts from the same weights.",
@@ -132,14 +158,17 @@ if test_tab.open:
     with test_tab:
         with st.container(border=True):
             cfg, lr_cfg, usable = model_ui()
+        url.publish(URL)
+        if cfg is not None:
+            try:
+                locks().check(cfg)
+            except VGGError as error:  # a setting the teacher locked
+                st.warning(str(error), icon=":material/lock:")
+                usable = False
         if st.button("Start the range test", type="primary", key="lrf-start", icon=":material/play_arrow:",
                      disabled=cfg is None or not usable):
             submit_job("lr_find", cfg.title("lr_find"), lr_find_task(cfg, lr_cfg, data_registry(), run_store()),
                        config_key("lr_find", cfg, lr_cfg), JOB, config=lr_cfg)
-        chosen = st.session_state.get("chosen_lr")
-        if chosen is not None:
-            st.success(f"Learning rate for training: **{chosen:.2e}**", icon=":material/check_circle:")
-            page_link("pages/train.py", "Go to the Train page", icon=":material/model_training:")
         snap = watched_job("lr_find", JOB)
         if snap is None:
             st.info("No range test yet: choose the settings and press Start.", icon=":material/info:")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import streamlit as st
 
-from ui.common import current_data, data_label, data_registry, job_manager, run_store, show_error
+from ui.common import current_data, data_label, data_registry, job_manager, locks, run_store, show_error
 from ui.jobs import (
     config_key,
     describe_job_error,
@@ -23,12 +23,15 @@ from ui.jobs import (
     submit_job,
     watched_job,
 )
+from ui import urlstate as url
 from ui.lessons import Lessons
+from ui.people import lock_summary
 from ui.live import cached_figure, shared
 from ui.runs import set_chosen_run
 from ui.shell import ensure_app_shell, page_link
 from ui.weights import init_ui
-from vgg import cost, summary
+from vgg import advice, cost, summary
+from vgg.data.sources import SYNTHETIC_TRAIN_PER_CLASS
 from vgg.errors import VGGError
 from vgg.events import EpochEvent, StepEvent
 from vgg.figures import training as figures
@@ -36,47 +39,89 @@ from vgg.jobs import JobSnapshot
 from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
 from vgg.settings import resolve_device
 from vgg.tasks import train_task
-from vgg.train import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, onecycle_factor
+from vgg.train import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, notebook_recipe, onecycle_factor
 
 lesson = Lessons("train")
 JOB = "train_job"  # st.session_state key: id of this session's latest training job
 S = {"persist_state": "session"}  # settings survive a visit to another page
 KEEP = {"persist_state": "page"}  # a lesson's value survives a look at the other tab
 D = TrainConfig()  # the defaults, written once
+# The page's main settings in its address: /train?config=A&bn=1&start=scratch&epochs=3&lr=5e-4
+URL = (
+    url.Param("config", "train-config", url.choice(CONFIG_NAMES), D.config),
+    url.Param("bn", "train-bn", url.flag, D.batch_norm, url.show_flag),
+    url.Param("optimizer", "train-optimizer", url.choice(OPTIMIZERS), D.optimizer),
+    url.Param("schedule", "train-schedule", url.choice(SCHEDULES), D.schedule),
+    url.Param("start", "train-init", url.choice(("scratch", "imagenet", "run", "file")), "scratch"),
+    url.Param("epochs", "train-epochs", url.integer(1, 1000), D.epochs),
+    url.Param("batch", "train-batch", url.integer(1, 4096), D.batch_size),
+    url.Param("lr", "train-lr", url.number(1e-7, 10.0), D.lr, lambda v: f"{v:.3g}"),
+    url.Param("size", "train-size", url.integer(32, 512), None),
+)
 
 
-def lr_default() -> None:
-    """The lr field starts at TrainConfig's default; a rate picked on the LR finder page replaces it
-    (once per pick)."""
+def lr_picked() -> None:
+    """A rate picked on the LR finder page replaces the lr field's value (once per pick). The field
+    itself starts at TrainConfig's default, or the address's: never through the session state, where
+    it would win over an edit the browser sends to a restarted server."""
     chosen = st.session_state.get("chosen_lr")
     if chosen is not None and st.session_state.get("_train_lr_from") != chosen:
         st.session_state["train-lr"] = float(chosen)
         st.session_state["_train_lr_from"] = chosen
-    st.session_state.setdefault("train-lr", D.lr)
+
+
+def use_recipe(cfg: TrainConfig) -> None:
+    """Button callback: put a recipe's values into the widgets (before they are drawn again)."""
+    state = st.session_state
+    values = {"train-config": cfg.config, "train-bn": cfg.batch_norm, "train-optimizer": cfg.optimizer,
+              "train-schedule": cfg.schedule, "train-init": cfg.start, "train-epochs": cfg.epochs,
+              "train-batch": cfg.batch_size, "train-lr": cfg.lr, "train-size": cfg.input_size or cfg.data.input_size,
+              "train-augment": cfg.augment, "train-dropout": cfg.dropout, "train-label-smoothing": cfg.label_smoothing,
+              "train-tta": cfg.tta, "train-freeze": cfg.freeze, "train-budget": cfg.time_budget_s or 0.0}
+    values[f"train-ratio-{'pretrained' if cfg.pretrained else 'scratch'}"] = cfg.effective_lr_ratio
+    state.update(values)
+    state["_train_lr_from"] = state.get("chosen_lr")  # the recipe's lr wins over an older pick
 
 
 def settings_ui() -> tuple[TrainConfig | None, bool]:
     """Every TrainConfig option; (None, False) with the reason shown when a value is refused."""
     data = current_data()
+    start = url.initial(URL)  # the address's settings, or the defaults
+    if locks().any:  # what the teacher fixed for the class (a teacher has no locks)
+        st.info(lock_summary(locks()), icon=":material/lock:")
+    left, right, _ = st.columns([1.5, 1.8, 2.5])
+    left.button("Fast defaults (CPU)", key="train-recipe-fast", icon=":material/bolt:", on_click=use_recipe,
+                args=(replace(D, data=data),))
+    right.button("The notebook's recipe (GPU)", key="train-recipe-notebook", icon=":material/menu_book:",
+                 on_click=use_recipe, args=(notebook_recipe(data),),
+                 help="ImageNet weights, 224 px, Adam 5e-4 with the features at 1/10, constant lr, 5 epochs, "
+                      "dropout 0.5: the classic notebook. On a CPU an epoch of CIFAR-10 takes hours.")
     cols = st.columns([2.2, 1, 1, 1], vertical_alignment="bottom")
-    config = cols[0].selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(D.config),
+    config = cols[0].selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(start["train-config"]),
                                format_func=CONFIG_LABELS.get, key="train-config", **S)
-    batch_norm = cols[1].toggle("Batch norm", value=D.batch_norm, key="train-bn", **S)
-    optimizer = cols[2].selectbox("Optimizer", OPTIMIZERS, key="train-optimizer", **S)
-    schedule = cols[3].selectbox("Schedule", SCHEDULES, key="train-schedule", **S)
-    init = init_ui(config, batch_norm, key="train", allow_file=True)
+    batch_norm = cols[1].toggle("Batch norm", value=start["train-bn"], key="train-bn", **S)
+    optimizer = cols[2].selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(start["train-optimizer"]),
+                                  key="train-optimizer", **S)
+    schedule = cols[3].selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(start["train-schedule"]),
+                                 key="train-schedule", **S)
+    init = init_ui(config, batch_norm, key="train", allow_file=True, start=start["train-init"])
     pretrained = init not in (None, "scratch")
     cols = st.columns(4)
     # Loose bounds: an out-of-range value reaches TrainConfig, whose message says what is allowed.
-    images = cols[0].number_input("Images per class", 0, 10_000_000, data.images_per_class or D.data.images_per_class,
-                                  key="train-ipc", **S)
-    size = cols[1].number_input("Input size (px)", 0, 10_000, data.input_size, step=32, key="train-size", **S,
+    images = cols[0].number_input("Images per class", 1, 10_000_000, data.images_per_class, key="train-ipc",
+                                  placeholder="all", help="Empty: every image of the data set.", **S)
+    size = cols[1].number_input("Input size (px)", 0, 10_000, start["train-size"] or data.input_size, step=32,
+                                key="train-size", **S,
                                 help="Images are resized on the fly when this differs from the data's size.")
-    epochs = cols[2].number_input("Epochs", 0, 10_000_000, D.epochs, key="train-epochs", **S)
-    batch = cols[3].number_input("Batch size", 0, 1_000_000, D.batch_size, key="train-batch", **S)
+    epochs = cols[2].number_input("Epochs", 0, 10_000_000, start["train-epochs"], key="train-epochs",
+                                  placeholder="auto", **S,
+                                  help="Empty: auto, about 45,000 training images (1 epoch of CIFAR-10, "
+                                       "10 of the synthetic set).")
+    batch = cols[3].number_input("Batch size", 0, 1_000_000, start["train-batch"], key="train-batch", **S)
     cols = st.columns(4, vertical_alignment="bottom")
-    lr_default()
-    lr = cols[0].number_input("Peak learning rate", 0.0, 1000.0, format="%.2e", step=1e-4, key="train-lr",
+    lr_picked()
+    lr = cols[0].number_input("Peak learning rate", 0.0, 1000.0, start["train-lr"], format="%.2e", step=1e-4,
+                              key="train-lr",
                               help="Set by the LR finder page's 'Use this LR'.", **S)
     ratio = cols[1].number_input("Feature LR ratio", 0.0, 100.0, 0.1 if pretrained else 1.0, format="%.3g",
                                  key=f"train-ratio-{'pretrained' if pretrained else 'scratch'}", **S,
@@ -85,25 +130,35 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
                                help="Which weights stay fixed; only possible from trained weights.")
     augment = cols[3].toggle("Augmentation", value=D.augment, key="train-augment", **S,
                              help="Random flips, small rotations and crops of every training batch.")
+    cols = st.columns(4, vertical_alignment="bottom")  # the tricks of fast training (Lessons tab)
+    dropout = cols[0].number_input("Dropout", 0.0, 0.99, D.dropout, step=0.1, key="train-dropout", **S,
+                                   help="Share of the classifier's activations switched off per step (0.5 in "
+                                        "torchvision's VGG); short runs learn faster with less.")
+    smoothing = cols[1].number_input("Label smoothing", 0.0, 1.0, D.label_smoothing, step=0.05,
+                                     key="train-label-smoothing", **S,
+                                     help="Share of each target spread over the other classes.")
+    tta = cols[2].toggle("Test-time flips", value=D.tta, key="train-tta", **S,
+                         help="Validation and test answers averaged with the mirror image's.")
+    budget = cols[3].number_input("Time budget (s, 0 = none)", 0.0, 1e9, 0.0, key="train-budget", **S)
     with st.expander("More settings"):
         cols = st.columns(3)
         seed = cols[0].number_input("Seed", 0, 2**31 - 1, D.seed, key="train-seed", **S)
         device = cols[1].selectbox("Device", DEVICES, key="train-device", **S)
         precision = cols[2].selectbox("Precision", PRECISIONS, key="train-precision", **S)
-        budget = cols[0].number_input("Time budget (s, 0 = none)", 0.0, 1e9, 0.0, key="train-budget", **S)
-        decay = cols[1].number_input("Weight decay", 0.0, 10.0, D.weight_decay, format="%.1e", key="train-decay",
+        decay = cols[0].number_input("Weight decay", 0.0, 10.0, D.weight_decay, format="%.1e", key="train-decay",
                                      **S)
-        momentum = cols[2].number_input("SGD momentum", 0.0, 10.0, D.momentum, key="train-momentum", **S,
+        momentum = cols[1].number_input("SGD momentum", 0.0, 10.0, D.momentum, key="train-momentum", **S,
                                         disabled=optimizer != "sgd")
     try:
         cfg = TrainConfig(
             config=config, batch_norm=batch_norm, init=init or "scratch",
             freeze=freeze if pretrained else "none", optimizer=optimizer, lr=float(lr), lr_ratio=float(ratio),
-            schedule=schedule, epochs=int(epochs), batch_size=int(batch),
-            data=replace(data, images_per_class=int(images)),
+            schedule=schedule, epochs=None if epochs is None else int(epochs), batch_size=int(batch),
+            data=replace(data, images_per_class=None if images is None else int(images)),
             input_size=None if int(size) == data.input_size else int(size), augment=augment, seed=int(seed),
             device=device, precision=precision, time_budget_s=float(budget) or None,
-            weight_decay=float(decay), momentum=float(momentum))
+            weight_decay=float(decay), momentum=float(momentum), dropout=float(dropout),
+            label_smoothing=float(smoothing), tta=tta)
         resolve_device(cfg.device)  # "cuda" without a GPU is refused here, not in the job
     except VGGError as error:
         show_error(error)
@@ -115,7 +170,8 @@ def cost_ui(cfg: TrainConfig) -> None:
     """Multiply-adds and memory of the run; seconds per epoch once the speed probe has run."""
     splits = data_registry().peek(cfg.data)
     classes = len(splits.classes) if splits else 10  # before the data are loaded: CIFAR-10 and synthetic
-    pool = cfg.data.images_per_class * classes
+    known = {"synthetic": SYNTHETIC_TRAIN_PER_CLASS, "cifar10": 5000}.get(cfg.data.source, 500)
+    pool = (cfg.data.images_per_class or known) * classes
     n_train = len(splits.train) if splits else round(pool * (1 - cfg.data.val_fraction))
     n_val = len(splits.val) if splits else round(pool * cfg.data.val_fraction)
     c = cost.training_cost(cfg, classes, n_train, n_val)
@@ -143,7 +199,15 @@ def cost_ui(cfg: TrainConfig) -> None:
                    help=f"Speed probe on this device: {summary.format_si(3 * c.forward_macs / per_image)} "
                         f"multiply-adds/s, plus {per_step:.2f} s per step for the optimizer's update "
                         f"({c.steps_per_epoch} steps per epoch)")
-    cols[3].metric(f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}", format_seconds(epoch_s * cfg.epochs))
+    epochs = cfg.epochs_for(n_train)
+    cols[3].metric(f"{epochs} epoch{'s' if epochs > 1 else ''}", format_seconds(epoch_s * epochs))
+    expect = advice.expected_outcome(cfg.to_dict(), run_store().list_runs(), classes)
+    chance = f"chance is {1 / classes:.1%} ({classes} classes)"
+    if expect is not None:
+        st.caption(f":material/target: Runs like this one on this server reached about **{expect.test_accuracy:.1%}** "
+                   f"test accuracy (median of {expect.runs}); {chance}.")
+    else:
+        st.caption(f":material/target: No run like this one has finished on this server yet; {chance}.")
 
 
 def train_config(snap: JobSnapshot) -> TrainConfig | None:
@@ -172,13 +236,16 @@ def draw_live(snap: JobSnapshot) -> None:
     if steps:
         cols = st.columns(4)
         rate = float(np.mean([s.images_per_second for s in steps[-10:]]))
-        cols[0].metric("Images/s", f"{rate:.1f}" if rate < 10 else f"{rate:.0f}")
+        cols[0].metric("Training speed (images/s)", f"{rate:.1f}" if rate < 10 else f"{rate:.0f}",
+                       help="Images per second of the training steps, over the last 10 steps.")
         cols[1].metric("Epoch", steps[-1].epoch)
         cols[2].metric("Images seen", f"{steps[-1].images_seen:,}")
         cols[3].metric("Loss (last step)", f"{steps[-1].loss:.3f}")
     smoothing = st.slider("Smoothing", 0.0, 0.99, 0.6, key="train-smoothing")
-    step_fig, epoch_fig = cached_figure("train", snap, lambda: figures.training_figures(snap.history, smoothing),
-                                        smoothing)
+    classes = snap.extra.get("classes") or ()
+    chance = 1 / len(classes) if classes else None
+    step_fig, epoch_fig = cached_figure(
+        "train", snap, lambda: figures.training_figures(snap.history, smoothing, chance=chance), smoothing)
     st.plotly_chart(step_fig, key="train-steps")
     epochs = [e for e in snap.history if isinstance(e, EpochEvent)]
     if not epochs:
@@ -202,7 +269,11 @@ def finished(snap: JobSnapshot) -> None:
     cols[0].metric("Status", result.status)
     cols[1].metric("Best validation accuracy", percent(result.best_val_accuracy))
     cols[2].metric("Test accuracy", percent(result.test_accuracy))
-    cols[3].metric("Time", format_seconds(result.seconds), help=f"{result.images_per_second:.0f} images/s")
+    cols[3].metric("Time", format_seconds(result.seconds),
+                   help=f"Training speed: {result.images_per_second:.0f} images/s on average over the run's steps.")
+    verdict = advice.more_time([e for e in snap.history if isinstance(e, EpochEvent)])
+    if verdict is not None and result.status == "done":
+        (st.info if verdict.more_time_helps else st.warning)(verdict.text, icon=":material/schedule:")
     run_id = snap.extra.get("run_id") or result.run_id
     if run_id and result.epochs_done > 0:  # a run stopped within its first epoch has no checkpoint
         if st.session_state.get("_chosen_from_job") != snap.id:  # once, so a later choice there sticks
@@ -217,6 +288,7 @@ def percent(value: float | None) -> str:
 
 
 def lessons_tab() -> None:
+    lesson("fast_training")
     lesson("one_cycle")
     cols = st.columns(3)
     peak = cols[0].number_input("Peak lr", 1e-6, 10.0, 1e-3, format="%.1e", key="lesson-peak", **KEEP)
@@ -257,8 +329,15 @@ if train_tab.open:
     with train_tab:
         with st.container(border=True):
             cfg, usable = settings_ui()
+        url.publish(URL)
         if cfg is not None:
             cost_ui(cfg)
+            splits = data_registry().peek(cfg.data)
+            try:
+                locks().check(cfg, len(splits.train) if splits else None)
+            except VGGError as error:  # a setting the teacher locked
+                st.warning(str(error), icon=":material/lock:")
+                usable = False
         if st.button("Start training", type="primary", key="train-start", icon=":material/play_arrow:",
                      disabled=cfg is None or not usable):
             submit_job("train", cfg.title(), train_task(cfg, data_registry(), run_store()),

@@ -150,3 +150,8 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def run_tag(run_id: str) -> str:
+    """The random tag that ends a run's id and its readable name (``RunInfo.label``)."""
+    return run_id.rsplit("-", 1)[-1]

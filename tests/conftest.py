@@ -203,5 +203,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     A test that fails twice in a row still fails the suite.
     """
     for item in items:
-        if item.get_closest_marker("browser") is not None and item.get_closest_marker("flaky") is None:
+        if (item.get_closest_marker("browser") is not None and item.get_closest_marker("flaky") is None
+                and config.pluginmanager.hasplugin("rerunfailures")):
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))

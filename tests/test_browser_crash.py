@@ -38,6 +38,7 @@ from tests.browser import (
     nav_links,
     new_context,
     open_app,
+    run_tag,
     run_and_wait,
     screenshot,
     wait_for_app,
@@ -213,6 +214,7 @@ def crash(browser: Browser, module_tmp: Path) -> Iterator[Crash]:
 def test_killed_run_is_interrupted_with_its_metrics_and_checkpoint(crash: Crash) -> None:
     assert crash.status_before == "running", "the run had ended before the kill: nothing was tested"
     runs = crash.base / "runs"
+    assert not (runs / crash.run_id / "predictions.pt").exists(), "killed before its test evaluation"
     info = RunStore(runs).get(crash.run_id)
     assert info.status == "interrupted", (info.status, info.message)
     assert info.has_best
@@ -237,6 +239,8 @@ def test_killed_run_is_interrupted_with_its_metrics_and_checkpoint(crash: Crash)
 
 def test_restarted_app_lists_the_run_as_interrupted_and_evaluates_it(crash: Crash, page: Page) -> None:
     server = crash.server
+    folder = crash.base / "runs" / crash.run_id
+    assert not RunStore(crash.base / "runs").get(crash.run_id).has_predictions, sorted(p.name for p in folder.iterdir())
     # The first visitor of the restarted server comes back by the page's own address (a tab that
     # reconnects, a shared link): the page still runs inside the app, with its sidebar.
     page.goto(server.url + "evaluate")
@@ -247,7 +251,7 @@ def test_restarted_app_lists_the_run_as_interrupted_and_evaluates_it(crash: Cras
     expect(page.get_by_role("heading", name="Evaluate", exact=True)).to_be_visible()
     goto_page(page, server.url, "Evaluate", UI_TIMEOUT_MS)
     run_box = page.get_by_role("combobox", name="Run", exact=True)
-    listed = re.compile(rf"{re.escape(crash.run_id)} · interrupted")
+    listed = re.compile(rf" · {re.escape(run_tag(crash.run_id))} · interrupted")
     expect(run_box).to_have_value(listed, timeout=UI_TIMEOUT_MS)
     expect(page.get_by_text("interrupted", exact=True).first).to_be_visible()  # the status badge
     assert_no_exception(page)
@@ -260,7 +264,8 @@ def test_restarted_app_lists_the_run_as_interrupted_and_evaluates_it(crash: Cras
     screenshot(page, "crash-evaluate-after-restart")
 
     goto_page(page, server.url, "Compare", UI_TIMEOUT_MS)
-    expect(page.get_by_text(re.compile(rf"{re.escape(crash.run_id)} · interrupted")).first).to_be_visible()
+    runs = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Runs to overlay")
+    expect(runs).to_contain_text(f" · {run_tag(crash.run_id)} · interrupted")  # chosen: the newest ended run
     assert_no_exception(page)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import assert_no_exception, goto_page, run_and_wait, screenshot, wait_for_plotly
+from tests.browser import assert_no_exception, goto_page, run_and_wait, run_tag, screenshot, wait_for_plotly
 from vgg.data import DataConfig
 from vgg.runs import RunStore
 from vgg.train import TrainConfig, fit
@@ -59,14 +59,14 @@ def test_compare_page_overlays_two_runs(page: Page, streamlit_server: str, serve
         run_and_wait(page, clear.click)
     for run_id in server_runs:
         runs.get_by_role("combobox").click()
-        run_and_wait(page, page.get_by_role("option").filter(has_text=run_id).click)
+        run_and_wait(page, page.get_by_role("option").filter(has_text=f" · {run_tag(run_id)} · ").click)
     page.keyboard.press("Escape")
     wait_for_plotly(page, 2, timeout_ms=SLOW_MS)
     accuracy = page.locator('[data-testid="stPlotlyChart"]').first
     expect(accuracy.locator(".main-svg").first).to_be_visible()
     expect(accuracy.locator(".scatterlayer .trace")).to_have_count(2)
     legend = accuracy.locator(".legendtext").all_text_contents()  # SVG text has no innerText
-    assert sorted(legend) == sorted(server_runs)
+    assert sorted(name.rsplit(" · ", 1)[-1] for name in legend) == sorted(map(run_tag, server_runs))
     table = page.locator('[data-testid="stDataFrame"]')
     expect(table).to_have_count(1)
     assert_no_exception(page)

@@ -19,6 +19,7 @@ from tests.browser import (
     assert_no_exception,
     goto_page,
     run_and_wait,
+    run_tag,
     screenshot,
     wait_for_app,
     wait_for_plotly,
@@ -63,15 +64,16 @@ def combobox(page: Page, label: str) -> Locator:
 def select_run(page: Page, run_id: str) -> None:
     """Choose the run (the newest is preselected, so this is usually a no-op)."""
     box = combobox(page, "Run")
-    if run_id not in box.input_value():
+    tag = f" · {run_tag(run_id)} · "  # the readable run name ends with the id's random tag
+    if tag not in box.input_value():
         box.click()
         choice = (
             page.locator('[data-testid="stSelectboxVirtualDropdown"]')
             .get_by_role("option")
-            .filter(has_text=run_id)
+            .filter(has_text=tag)
         )
         run_and_wait(page, choice.click)
-    expect(box).to_have_value(re.compile(re.escape(run_id)))
+    expect(box).to_have_value(re.compile(re.escape(tag)))
 
 
 def test_evaluate_shows_metrics_and_a_clickable_confusion_matrix(

@@ -148,7 +148,7 @@ def test_training_curves_grow_live_and_stop_cancels(page: Page, streamlit_server
     wait_for_plotly(page)
     counts = growth_while_running(page, "train-steps", "train-stop")
     assert 0 < counts[1] < counts[2] < counts[3]
-    expect(page.get_by_text("Images/s")).to_be_visible()
+    expect(page.get_by_text("Training speed (images/s)")).to_be_visible()
     page.locator(keyed("train-steps")).scroll_into_view_if_needed()
     screenshot(page, "train-running")
 
@@ -166,7 +166,7 @@ def test_two_browser_contexts_see_the_same_running_job(page: Page, browser: Brow
     goto_page(page, streamlit_server, "Train")
     set_number(page, "Batch size", 16)
     click_button(page, "Start training")
-    job = re.compile(r"running\s*Training · A-BN · scratch · 2 epochs")
+    job = re.compile(r"running\s*Training · A-BN · scratch · auto epochs")
     expect(page.locator(SIDEBAR)).to_contain_text(job)
 
     other = new_context(browser)
@@ -176,7 +176,7 @@ def test_two_browser_contexts_see_the_same_running_job(page: Page, browser: Brow
         expect(watcher.locator(SIDEBAR)).to_contain_text(job)
         expect(watcher.locator(SIDEBAR)).to_contain_text("1 running")
         goto_page(watcher, streamlit_server, "Train")  # the run shows where it is, started by someone else
-        expect(watcher.get_by_text("started by someone else")).to_be_visible()
+        expect(watcher.get_by_text("started by someone without a name")).to_be_visible()
         assert_no_exception(watcher)
         screenshot(watcher, "two-contexts-watcher")
         screenshot(page, "two-contexts-owner")

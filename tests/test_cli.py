@@ -215,6 +215,27 @@ def test_evaluate_an_unknown_run_is_one_line() -> None:
     assert_one_line_error(err, "no-such-run")
 
 
+# -------------------------------------------------------------------------------------------- export
+# (the exports themselves are checked in tests/test_export.py, on a run trained there)
+
+
+def test_export_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    code, out, err = in_process("export", "some-run", "--format", "tflite", "-o", str(tmp_path / "m"))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "--format", "'tflite'", "'pt'", "'onnx'")
+    code, _, err = in_process("export", "some-run", "--format", "onnx")  # -o missing
+    assert code == 2
+    assert_one_line_error(err, "--output")
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_an_unknown_run_is_one_line(tmp_path: Path) -> None:
+    code, out, err = in_process("export", "no-such-run", "--format", "pt", "-o", str(tmp_path / "m.pt"))
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "no run 'no-such-run'")
+    assert not any(tmp_path.iterdir())
+
+
 # -------------------------------------------------------------------------------------------- lr-find
 
 

@@ -152,7 +152,8 @@ def test_transfer_plan_budgets() -> None:
     base = TrainConfig(data=TINY, epochs=2, batch_size=16, init="imagenet", freeze="features")
     plan = compare.TransferPlan(base, pretrain_images_per_class=50, pretrain_epochs=4)
     pre = plan.pretrain_config()
-    assert (pre.init, pre.freeze, pre.epochs, pre.batch_size) == ("scratch", "none", 4, 16)
+    # The pretraining is a default training (its batch size too); the race keeps the race's budget.
+    assert (pre.init, pre.freeze, pre.epochs, pre.batch_size) == ("scratch", "none", 4, TrainConfig.batch_size)
     assert pre.data.images_per_class == 50
     scratch, from_run = plan.finetune_pair("run-1")
     assert (scratch.init, from_run.init) == ("scratch", "run:run-1")

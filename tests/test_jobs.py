@@ -378,3 +378,77 @@ def test_snapshot_type_is_public() -> None:
     snap = mgr.wait(job_id, TIMEOUT)
     assert isinstance(snap, JobSnapshot) and snap.status.finished and snap.result is None
     mgr.shutdown()
+
+
+# -- a fair queue: one job each, with start estimates ---------------------------------------
+
+
+def test_one_job_per_owner_explains_the_second_and_frees_the_slot_when_the_first_ends(manager: JobManager) -> None:
+    from vgg.jobs import OwnerBusyError
+
+    ann = Gate()
+    first = manager.submit("train", "Ann's run", ann, owner="Ann", one_per_owner=True)
+    assert ann.started.wait(TIMEOUT)
+    with pytest.raises(OwnerBusyError, match=r"you already have a job running \(Ann's run\)"):
+        manager.submit("train", "Ann's second", Gate(), owner="Ann", one_per_owner=True)
+    bob = manager.submit("train", "Bob's run", Gate(), owner="Bob", one_per_owner=True)  # others still may
+    with pytest.raises(OwnerBusyError, match="number 1 in the queue"):
+        manager.submit("train", "Bob's second", Gate(), owner="Bob", one_per_owner=True)
+    manager.submit("train", "teacher's", Gate(), owner="Bob")  # without the rule (the teacher): accepted
+    ann.release.set()
+    assert manager.wait(first, TIMEOUT).status is JobStatus.DONE
+    again = manager.submit("train", "Ann's second", Gate(), owner="Ann", one_per_owner=True)
+    assert again not in (first, bob)
+
+
+def test_start_estimates_add_up_what_runs_and_what_waits_ahead() -> None:
+    mgr = JobManager(max_running=1, max_queued=5)
+    gate = Gate()
+    try:
+        running = mgr.submit("train", "running", gate, estimate_s=100.0)
+        assert gate.started.wait(TIMEOUT)
+        second = mgr.submit("train", "second", Gate(), estimate_s=30.0)
+        third = mgr.submit("train", "third", Gate())  # no estimate: the mean of the others'
+        started = mgr.snapshot(running).started_at
+        starts = mgr.start_estimates(now=started + 40.0)
+        assert set(starts) == {second, third}
+        assert starts[second] == pytest.approx(60.0)  # 100 s estimated, 40 s ran
+        assert starts[third] == pytest.approx(90.0)  # then the second's 30 s
+        assert mgr.newest() == third
+    finally:
+        gate.release.set()
+        mgr.shutdown(cancel=True, timeout=TIMEOUT)
+
+
+EXIT_SCRIPT = """
+import signal, sys, threading, torch
+from vgg.jobs import JobManager
+
+def train(ctx):
+    model, x = torch.nn.Conv2d(3, 64, 3), torch.randn(64, 3, 64, 64)
+    started.set()
+    while not ctx.cancelled:  # a training step after another, as a run does
+        model(x).sum().backward()
+    print("the job saw the cancel", flush=True)
+    return "cancelled"
+
+started = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as the server does: stop, then a normal exit
+JobManager().submit("train", "a run", train)
+started.wait(60)
+signal.raise_signal(signal.SIGTERM)
+"""
+
+
+def test_a_process_stopped_while_a_job_runs_ends_the_job_and_exits_cleanly() -> None:
+    """Before, the worker thread died inside a torch operation at interpreter exit and the process
+    aborted with "terminate called without an active exception" (exit status 134)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert "terminate called" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "the job saw the cancel" in done.stdout

@@ -82,3 +82,26 @@ def test_only_the_open_tab_runs_and_a_lessons_value_survives_a_look_at_another_t
     open_tab(app, "Lessons")
     assert app.slider(key="stack_channels").value == 64
     assert metrics(app)["2 × 3×3 (sees 5×5)"] == "73,728"
+
+
+def test_the_address_sets_the_view_and_follows_the_widgets() -> None:
+    app = AppTest.from_file(PAGE, default_timeout=180)
+    app.query_params["config"] = "E"
+    app.query_params["bn"] = "0"
+    app.run()
+    assert not app.exception, app.exception
+    assert metrics(app)["Parameters"] == "143,667,240"
+    assert not app.warning
+    app.selectbox(key="config").set_value("A").run()
+    app.toggle(key="batch_norm").set_value(True).run()
+    assert app.query_params["config"] == "A" and app.query_params["bn"] == "1"
+
+
+@pytest.mark.parametrize("param, value", [("config", "Z"), ("bn", "yes"), ("size", "10000"), ("classes", "x")])
+def test_a_bad_value_in_the_address_shows_one_message_and_the_defaults(param: str, value: str) -> None:
+    app = AppTest.from_file(PAGE, default_timeout=180)
+    app.query_params[param] = value
+    app.run()
+    assert not app.exception, app.exception
+    assert len(app.warning) == 1 and f"{param}=" in app.warning[0].value
+    assert metrics(app)["Parameters"] == "138,357,544"  # the default view

@@ -32,7 +32,8 @@ def run_until(at: AppTest, done: Any, timeout_s: float = 60.0) -> AppTest:
     at.run()
     while not done(at):
         assert not at.exception, [e.value for e in at.exception]
-        assert time.monotonic() < deadline, "the page did not get there in time"
+        assert time.monotonic() < deadline, ("the page did not get there in time", [
+            e.value for kind in ("caption", "info", "error", "warning") for e in at.get(kind)])
         time.sleep(0.1)  # polling interval between reruns, not a wait for an assumed duration
         at.run()
     return at
@@ -75,7 +76,8 @@ def test_two_runs_overlaid_with_a_metrics_table(two_runs: tuple[Path, list[str]]
     assert not at.exception
     accuracy, loss = chart_specs(at)[:2]
     assert len(accuracy["data"]) == 2 and len(loss["data"]) == 2
-    assert {trace["name"] for trace in accuracy["data"]} == set(ids)
+    labels = {RunStore(root).get(run_id).label for run_id in ids}  # readable names, each ending in its id's tag
+    assert {trace["name"] for trace in accuracy["data"]} == labels
     assert accuracy["layout"]["xaxis"]["title"]["text"] == "images seen"
     assert values(accuracy["data"][0]["x"]) == [180]  # one epoch of 180 training images
     table = at.dataframe[0].value
@@ -150,11 +152,12 @@ def test_offline_race_shows_pretraining_then_both_runs_racing(monkeypatch: pytes
     def raced(a: AppTest) -> bool:
         charts = [s for s in chart_specs(a) if len(s["data"]) == 4]
         return bool(charts) and all(len(values(trace["x"])) >= 1 for trace in charts[0]["data"]) and \
-            sum("test accuracy" in c.value for c in a.caption) == 3
+            sum("test accuracy" in m.value for m in a.markdown) == 3  # step 1 and both racers
     run_until(at, raced)
     race = [s for s in chart_specs(at) if len(s["data"]) == 4][0]
     assert [t["name"] for t in race["data"]] == ["from scratch"] * 2 + ["from run pre"] * 2
-    assert any("Step 1 pretrains on a, b; the race fine-tunes on c, d" in c.value for c in at.caption)
+    assert any("**Step 1 · pretraining** on a, b" in m.value for m in at.markdown)
+    assert any("**Step 2 · the race** on c, d" in m.value for m in at.markdown)
 
 
 def test_imagenet_race_queues_two_runs_with_the_same_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,7 +185,7 @@ def test_imagenet_race_queues_two_runs_with_the_same_budget(monkeypatch: pytest.
         run_until(at, lambda a: any("number 1 in the queue" in i.value for i in a.info))  # one runs at a time
     finally:
         hold.set()
-    run_until(at, lambda a: sum("test accuracy" in c.value for c in a.caption) == 2)
+    run_until(at, lambda a: sum("test accuracy" in m.value for m in a.markdown) == 2)
     assert not at.exception
     at.button(key="race_compare").click().run()
     assert len(at.multiselect(key="compare_runs").value) == 2  # both race runs, overlaid above

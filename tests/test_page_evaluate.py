@@ -181,6 +181,7 @@ def test_an_interrupted_run_without_predictions_is_evaluated_on_request(
     folder = runs / run_id
     status = json.loads((folder / "status.json").read_text())
     status.update(status="running", pid=2**22 + 12345, token="gone", process_start=1)  # a dead writer
+    status["summary"] = {}  # a run killed mid-training never wrote its summary
     (folder / "status.json").write_text(json.dumps(status))
     os.remove(folder / "predictions.pt")
     monkeypatch.setenv("VGG_RUNS_DIR", str(runs))
@@ -195,3 +196,6 @@ def test_an_interrupted_run_without_predictions_is_evaluated_on_request(
     run_until(at, lambda a: bool(a.metric), timeout_s=240)
     assert (folder / "predictions.pt").is_file()
     assert {m.label for m in at.metric} >= {"Test accuracy", "Test loss"}
+    epochs = RunStore(runs).metrics(run_id).query("kind == 'epoch'")
+    best_val = {m.label: m.value for m in at.metric}["Best validation accuracy"]
+    assert best_val == f"{epochs['val_accuracy'].max():.1%}"  # from metrics.csv, not "—"

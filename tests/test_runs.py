@@ -465,3 +465,15 @@ def test_killed_but_unreaped_process_counts_as_dead(store: RunStore) -> None:
         proc.wait(30)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
+
+
+def test_runs_have_names_a_person_can_read() -> None:
+    from vgg.runs import run_label
+
+    config = {"config": "A", "batch_norm": True, "init": "scratch", "lr": 3e-4,
+              "data": {"source": "/somewhere/cifar10", "input_size": 32}}
+    created = time.mktime((2026, 12, 3, 14, 2, 0, 0, 0, -1))
+    assert run_label(config, created) == "VGG11-BN · from scratch · cifar10 · lr 3e-04 · 3 Dec 14:02"
+    transfer = {**config, "config": "D", "batch_norm": False, "init": "run:20261203-x", "lr": 1e-3,
+                "data": {"source": "synthetic"}}
+    assert run_label(transfer, created).startswith("VGG16 · run 20261203-x · synthetic · lr 1e-03")

@@ -8,7 +8,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ui.common import job_manager
+from ui.common import ANONYMOUS, job_manager
 from vgg.jobs import JobContext, JobStatus
 
 
@@ -63,7 +63,7 @@ def test_running_and_queued_jobs_are_listed_with_progress_and_stop(manager) -> N
     text = sidebar_text(at)
     assert "1 running, 1 queued" in text
     assert ":blue-badge[running] **Training · A-BN**" in text
-    assert ":gray-badge[queued] **LR range test · A-BN** · #1 in the queue" in text
+    assert ":gray-badge[queued] **LR range test · A-BN** · x · #1 in the queue, starts in about" in text
     [bar] = at.sidebar.get("progress")
     assert bar.proto.value == 40 and "step 4 of 10" in bar.proto.text
     assert {b.key for b in at.sidebar.button} == {f"sidebar-stop-{running}", f"sidebar-stop-{queued}"}
@@ -83,9 +83,9 @@ def test_running_and_queued_jobs_are_listed_with_progress_and_stop(manager) -> N
 def test_own_jobs_are_marked_as_yours(manager) -> None:
     started = threading.Event()
     at = AppTest.from_function(sidebar_script).run()
-    owner = at.session_state["session_id"] if "session_id" in at.session_state else None
-    if owner is None:  # the sidebar asks for the session id only while jobs are listed
-        at.session_state["session_id"] = owner = "me-123"
+    if "session_id" not in at.session_state:  # the sidebar asks for the session id only while jobs are listed
+        at.session_state["session_id"] = "me-123"
+    owner = ANONYMOUS + at.session_state["session_id"]  # a session without a name
     manager.submit("train", "My training", blocking_job(started), owner=owner)
     assert started.wait(10)
     at.run()
@@ -186,7 +186,7 @@ def test_watchers_share_a_chart_redrawn_at_most_once_per_class_second_the_owner_
     monkeypatch.setattr(live, "_latest_figures", lambda figures=live.LatestFigures(clock=lambda: now[0]): figures)
     monkeypatch.setattr(live, "pollers", lambda: type("Class", (), {"count": lambda self: 30})())
     me = ["pupil"]
-    monkeypatch.setattr(live, "session_id", lambda: me[0])
+    monkeypatch.setattr(live, "owner", lambda: me[0])
 
     def snap(version: int, status: JobStatus = JobStatus.RUNNING) -> JobSnapshot:
         return JobSnapshot(id="j1", kind="train", title="t", key=None, owner="teacher", status=status,
@@ -243,7 +243,7 @@ def test_an_owner_polls_every_second_only_once_its_job_runs(manager) -> None:
     at = AppTest.from_function(sidebar_script).run()
     at.session_state["session_id"] = "me-123"
     ahead = manager.submit("train", "Someone's training", blocking_job(first), owner="someone-else")
-    mine = manager.submit("train", "My training", blocking_job(second), owner="me-123")
+    mine = manager.submit("train", "My training", blocking_job(second), owner=ANONYMOUS + "me-123")
     assert first.wait(10)
     at.run()
     assert manager.snapshot(mine).status is JobStatus.QUEUED

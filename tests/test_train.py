@@ -268,3 +268,42 @@ def test_the_training_task_runs_with_subnormals_flushed(tmp_path, monkeypatch) -
     snap = manager.wait(job[0], timeout=300)
     assert snap.status.value == "done", snap.error
     assert flushed == [0.0]
+
+
+def test_auto_epochs_see_about_45000_images_and_an_explicit_number_wins():
+    from vgg.train import AUTO_IMAGES, AUTO_MAX_EPOCHS
+
+    auto = TrainConfig()
+    assert auto.epochs is None and auto.data.images_per_class is None  # every image, auto epochs
+    assert auto.epochs_for(45_000) == 1 and auto.epochs_for(4_500) == 10  # CIFAR-10, the synthetic set
+    assert auto.epochs_for(81) == AUTO_MAX_EPOCHS and auto.epochs_for(200_000) == 1
+    assert AUTO_IMAGES == 45_000 and TrainConfig(epochs=3).epochs_for(45_000) == 3
+    assert auto.epochs_label == "auto epochs" and TrainConfig(epochs=1).epochs_label == "1 epoch"
+    assert auto.title() == "Training · A-BN · scratch · auto epochs"
+
+
+def test_the_notebooks_recipe_is_a_valid_choice_beside_the_defaults():
+    from vgg.train import notebook_recipe
+
+    nb = notebook_recipe(TINY)
+    assert (nb.init, nb.input_size, nb.lr, nb.effective_lr_ratio, nb.schedule, nb.epochs) == (
+        "imagenet", 224, 5e-4, 0.1, "constant", 5)
+    assert nb.dropout == 0.5 and TrainConfig().dropout == 0.0 and nb.data == TINY
+
+
+def test_dropout_and_label_smoothing_reach_the_model_and_the_loss(tiny_splits):
+    cfg = TrainConfig(data=TINY, dropout=0.3, label_smoothing=0.2, epochs=1)
+    prepared = prepare_model(cfg, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std)
+    assert [m.p for m in prepared.model.classifier if isinstance(m, torch.nn.Dropout)] == [0.3, 0.3]
+    model = torch.nn.Linear(3, 4)
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    with torch.no_grad():
+        plain = torch.nn.functional.cross_entropy(model(x), y).item()
+        smooth = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.2).item()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    assert train_mod.train_step(model, opt, x, y, None)[0] == pytest.approx(plain)
+    assert train_mod.train_step(model, opt, x, y, None, label_smoothing=0.2)[0] == pytest.approx(smooth)
+    with pytest.raises(ConfigError, match="label smoothing 0.9"):
+        TrainConfig(data=TINY, label_smoothing=0.9)
+    with pytest.raises(ConfigError, match="dropout 1.0"):
+        TrainConfig(data=TINY, dropout=1.0)

@@ -15,6 +15,7 @@ from typing import Any
 
 import streamlit as st
 
+from vgg.classroom import Classroom, ClassLocks, teacher_code
 from vgg.data import DataConfig, DataSplits
 from vgg.jobs import JobManager, JobSnapshot, JobStatus
 from vgg.runs import RunStore
@@ -30,7 +31,7 @@ MAX_WATCHER_INTERVAL_S = 15.0
 WATCHER_RERUNS_PER_S = 2.0
 POLLER_MEMORY_S = 2 * MAX_WATCHER_INTERVAL_S  # a session that has not polled for this long is gone
 
-DEFAULT_DATA = DataConfig(source="synthetic", input_size=32, images_per_class=500)
+DEFAULT_DATA = DataConfig()  # the synthetic set, every image (DataConfig's defaults)
 
 
 @st.cache_resource
@@ -62,22 +63,72 @@ def run_store() -> RunStore:
 
 
 def session_id() -> str:
-    """A stable id of this browser session (jobs remember who started them)."""
+    """A stable id of this browser session (for the pace of live views)."""
     if "session_id" not in st.session_state:
         st.session_state["session_id"] = uuid.uuid4().hex[:12]
     return st.session_state["session_id"]
+
+
+# -- who is who (vgg.classroom) ------------------------------------------------------------------
+
+NAME = "user_name"  # st.session_state: the pupil's name; the address carries it as ?name=
+ANONYMOUS = "session-"  # owners without a name: "session-<id>"
+
+
+def user_name() -> str | None:
+    return st.session_state.get(NAME)
+
+
+def owner() -> str:
+    """Who this session is to jobs and runs: the name given (it survives a reload), else the session."""
+    return user_name() or ANONYMOUS + session_id()
+
+
+def owner_label(who: str | None) -> str:
+    """How an owner is shown: "you", the name, or "someone without a name"."""
+    if who == owner():
+        return "you"
+    return "someone without a name" if not who or who.startswith(ANONYMOUS) else who
+
+
+@st.cache_resource
+def classroom() -> Classroom:
+    """The class's locks, shared by every session (kept in the runs dir)."""
+    return Classroom(runs_dir())
+
+
+def teacher_mode() -> bool:
+    """Whether the server was started with a teacher's code (VGG_TEACHER_CODE)."""
+    return teacher_code() is not None
+
+
+def is_teacher() -> bool:
+    return teacher_mode() and bool(st.session_state.get("teacher"))
+
+
+def may_control(who: str | None) -> bool:
+    """Whether this session may stop or delete what ``who`` started: its own, the teacher
+    anything, and everyone everything when there is no teacher."""
+    return not teacher_mode() or is_teacher() or who == owner()
+
+
+def locks() -> ClassLocks:
+    """What the teacher fixed for pupils (nothing for the teacher, who sets them)."""
+    return ClassLocks() if is_teacher() else classroom().locks
 
 
 # -- the data set in use (chosen on the Data page, used everywhere) -----------------------------
 
 
 def current_data() -> DataConfig:
-    return st.session_state.get("data_config", DEFAULT_DATA)
+    """The data set in use: the class's when the teacher fixed it, else this session's choice."""
+    fixed = locks().data
+    return fixed if fixed is not None else st.session_state.get("data_config", DEFAULT_DATA)
 
 
-def set_current_data(cfg: DataConfig, label: str) -> None:
+def set_current_data(cfg: DataConfig, label: str | None = None) -> None:
     st.session_state["data_config"] = cfg
-    st.session_state["dataset_label"] = label
+    st.session_state["dataset_label"] = label or data_label(cfg)
 
 
 def data_label(cfg: DataConfig) -> str:
@@ -92,7 +143,7 @@ def loaded_data(cfg: DataConfig) -> DataSplits | None:
     last = data_job(cfg)
     if splits is None and (last is None or last.status is not JobStatus.FAILED):
         data_jobs().submit("data", f"Loading {data_label(cfg)}", data_task(cfg, data_registry()),
-                           key=f"data:{cfg!r}", owner=session_id())
+                           key=f"data:{cfg!r}", owner=owner())
     return splits
 
 
@@ -118,7 +169,7 @@ def show_data_loading(cfg: DataConfig) -> DataSplits | None:
             st.error(snap.error or "loading failed")
             if st.button("Try again", key="data-retry"):
                 data_jobs().submit("data", f"Loading {data_label(cfg)}", data_task(cfg, data_registry()),
-                                   key=f"data:{cfg!r}", owner=session_id())
+                                   key=f"data:{cfg!r}", owner=owner())
             return
         st.progress(snap.progress or 0.0, text=f"Loading the data set: {snap.message or 'starting'}")
 
@@ -177,7 +228,7 @@ def poll_interval(snapshots: list[JobSnapshot], key: str | None = None, *, slowe
     interval = None
     if active:
         pace = watcher_pace()
-        running_mine = any(s.owner == session_id() and s.status is JobStatus.RUNNING for s in active)
+        running_mine = any(s.owner == owner() and s.status is JobStatus.RUNNING for s in active)
         interval = (OWNER_INTERVAL_S if running_mine else pace) * slower
     if key is not None:
         st.session_state[f"_interval:{key}"] = interval

@@ -11,7 +11,10 @@ from typing import Any
 
 import streamlit as st
 
-from ui.common import job_manager, poll_interval, rerun_when_finished, session_id, show_error, status_badge
+from ui.common import (
+    is_teacher, job_manager, may_control, owner, owner_label, poll_interval, rerun_when_finished, show_error,
+    status_badge,
+)
 from vgg.errors import VGGError
 from vgg.jobs import JobContext, JobSnapshot, JobStatus, UnknownJobError
 
@@ -40,29 +43,38 @@ def others_active(kind: str, exclude: str | None) -> list[JobSnapshot]:
 
 
 def watched_job(kind: str, state_key: str) -> JobSnapshot | None:
-    """This session's latest job of ``kind``; else the newest running or queued one of anyone
-    (coming back after closing the tab shows the run where it is), remembered so that its result
-    stays on the page once it ends."""
-    mine = my_job(state_key)
-    if mine is not None:
-        return mine
-    active = others_active(kind, None)
+    """The job of ``kind`` a page shows: the newest of this session's latest job, the newest running
+    or queued one of anyone, and the newest that ended; so a page that shows an outcome moves on
+    when someone starts a newer job (remembered, so that its result stays once it ends)."""
+    candidates = [s for s in (my_job(state_key), my_job(f"{state_key}:watched")) if s is not None]
+    jobs = job_manager().snapshots(kind=kind)
+    active = [s for s in jobs if not s.finished]
     running = [s for s in active if s.status is JobStatus.RUNNING]
-    pick = (running or active or [None])[-1]
-    if pick is None:
-        return my_job(f"{state_key}:watched")
-    st.session_state[f"{state_key}:watched"] = pick.id
+    if running or active:
+        candidates.append((running or active)[-1])
+    elif jobs:
+        candidates.append(jobs[-1])
+    if not candidates:
+        return None
+    mine = my_job(state_key)
+    if mine is not None and not mine.finished:
+        return mine  # this session's own job, while it waits or runs
+    pick = max(candidates, key=lambda s: s.submitted_at)
+    if pick.id != st.session_state.get(state_key):
+        st.session_state[f"{state_key}:watched"] = pick.id
     return pick
 
 
 def submit_job(kind: str, title: str, fn: Callable[[JobContext], Any], key: str, state_key: str,
-               config: Any = None) -> None:
+               config: Any = None, estimate_s: float | None = None) -> None:
     """Submit a job (idempotent by ``key``), remember its id (and ``config``) in this session, and
-    rerun the app so that every part of the page, the sidebar included, shows it. A refusal (the
-    queue is full) is shown instead."""
+    rerun the app so that every part of the page, the sidebar included, shows it. A refusal is
+    shown instead: the queue is full, or this person already has a job waiting or running (one
+    each; the teacher may queue several)."""
     try:
-        job_id = job_manager().submit(kind, title, fn, key=key, owner=session_id())
-    except VGGError as error:  # QueueFullError names how many wait and what to do
+        job_id = job_manager().submit(kind, title, fn, key=key, owner=owner(), estimate_s=estimate_s,
+                                      one_per_owner=not is_teacher())
+    except VGGError as error:  # QueueFullError / OwnerBusyError say why and what to do
         show_error(error)
         return
     st.session_state[state_key] = job_id
@@ -75,18 +87,33 @@ def job_config(state_key: str, job_id: str) -> Any:
     return st.session_state.get(f"{state_key}:configs", {}).get(job_id)
 
 
-def job_header(snap: JobSnapshot, *, stop_key: str) -> None:
-    """Status badge, who started it, queue position or progress bar, and a Stop button."""
-    whose = "yours" if snap.owner == session_id() else "started by someone else"
-    st.markdown(f"{status_badge(snap.status)} **{snap.title}** · {whose}")
+def whose(snap: JobSnapshot) -> str:
+    """"yours", or "started by Ann" / "started by someone without a name"."""
+    who = owner_label(snap.owner)
+    return "yours" if who == "you" else f"started by {who}"
+
+
+def queue_line(snap: JobSnapshot) -> str:
+    """"number 3 in the queue, starts in about 2 min" for a queued job."""
+    starts = job_manager().start_estimates().get(snap.id)
+    when = f", starts in about {format_seconds(starts)}" if starts is not None else ""
+    return f"number {snap.queue_position} in the queue{when}"
+
+
+def job_header(snap: JobSnapshot, *, stop_key: str, title: bool = True) -> None:
+    """Status badge, title and who started it (unless ``title`` is False), queue position or
+    progress bar, and a Stop button for whoever may stop it (its owner and the teacher)."""
+    if title:
+        st.markdown(f"{status_badge(snap.status)} **{snap.title}** · {whose(snap)}")
     if snap.finished:
         return
     left, right = st.columns([5, 1], vertical_alignment="bottom")
     if snap.status is JobStatus.QUEUED:
-        left.info(f"Waiting: number {snap.queue_position} in the queue (one job runs at a time).",
-                  icon=":material/hourglass_top:")
+        left.info(f"Waiting: {queue_line(snap)} (one job runs at a time).", icon=":material/hourglass_top:")
     else:
         left.progress(max(snap.progress, 0.01), text=progress_text(snap))  # 0 % drew as a full bar
+    if not may_control(snap.owner):
+        return
     stopping = snap.message.startswith("cancelling")
     label = "Stopping…" if stopping else ("Stop" if snap.status is JobStatus.RUNNING else "Remove")
     right.button(label, key=stop_key, icon=":material/stop_circle:", disabled=stopping, width="stretch",
@@ -94,9 +121,11 @@ def job_header(snap: JobSnapshot, *, stop_key: str) -> None:
 
 
 def cancel_job(job_id: str) -> None:
-    """Button callback (runs before the rerun, so the rerun already shows "cancelling")."""
+    """Button callback (runs before the rerun, so the rerun already shows "cancelling"); checks
+    again that this session may stop the job (a button is only drawn for those who may)."""
     try:
-        job_manager().cancel(job_id)
+        if may_control(job_manager().snapshot(job_id).owner):
+            job_manager().cancel(job_id)
     except UnknownJobError:
         pass  # it finished meanwhile
 

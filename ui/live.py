@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from ui.common import pollers, session_id, watcher_interval
+from ui.common import owner, pollers, watcher_interval
 from vgg.jobs import JobSnapshot
 
 # While a job runs and several sessions poll, the watchers' live charts together redraw about
@@ -44,7 +44,7 @@ def live_figure(key: Any, version: int, snaps: list[JobSnapshot], build: Callabl
     jobs finished; the other sessions share one figure at most ``chart_max_age`` old (0 when only
     one session polls), so their browsers redraw it only every other rerun or so.
     (The figure is only read afterwards: ``st.plotly_chart`` copies it.)"""
-    exact = all(s.status.finished for s in snaps) or any(s.owner == session_id() for s in snaps)
+    exact = all(s.status.finished for s in snaps) or any(s.owner == owner() for s in snaps)
     max_age = 0.0 if exact else chart_max_age(pollers().count())
     return _latest_figures().get((key, exact), version, max_age, build)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.common import run_store, show_error
+from ui.common import locks, run_store, show_error
 from vgg.errors import VGGError
 from vgg.model import pretrained_available, weights_cache_dir, weights_file_name
 from vgg.paths import resolve_inside
@@ -33,9 +33,9 @@ def earlier_runs(config: str, batch_norm: bool) -> list[tuple[str, str]]:
         if not info.has_best or cfg.get("config") != config or bool(cfg.get("batch_norm")) != batch_norm:
             continue
         accuracy = info.summary.get("best_val_accuracy")
-        shown = f" · val {accuracy:.0%}" if isinstance(accuracy, int | float) else ""
+        shown = f" · val {accuracy:.1%}" if isinstance(accuracy, int | float) else ""
         classes = info.summary.get("classes") or cfg.get("classes") or ()
-        runs.append((info.run_id, f"{info.run_id} · {info.status}{shown} · {len(classes)} classes"))
+        runs.append((info.run_id, f"{info.label} · {info.status}{shown} · {len(classes)} classes"))
     return runs
 
 
@@ -50,19 +50,26 @@ def weight_files() -> list[str]:
                   if path.is_file() and not path.name.startswith("."))
 
 
-def init_ui(config: str, batch_norm: bool, *, key: str, allow_file: bool = False) -> str | None:
-    """Choose the starting weights; returns the ``init`` value, or None when the choice is unusable
-    (the reason is shown, and the caller disables Start)."""
+def init_ui(config: str, batch_norm: bool, *, key: str, allow_file: bool = False,
+            start: str = "scratch") -> str | None:
+    """Choose the starting weights (``start``: the radio's starting choice); returns the ``init``
+    value, or None when the choice is unusable (the reason is shown, and the caller disables Start)."""
     choices = ["scratch", "imagenet", "run"] + (["file"] if allow_file else [])
-    choice = st.radio("Start from", choices, format_func=INIT_LABELS.get, key=f"{key}-init", horizontal=True,
-                      persist_state="session")
+    choice = st.radio("Start from", choices, index=choices.index(start) if start in choices else 0,
+                      format_func=INIT_LABELS.get, key=f"{key}-init", horizontal=True, persist_state="session")
     if choice == "scratch":
         return "scratch"
     if choice == "imagenet":
         problem = weights_problem(config, batch_norm)
-        if problem:
+        if problem and not locks().allow_downloads:
+            st.warning(problem + " The teacher turned ImageNet downloads off for the class.", icon=":material/lock:")
+            return None
+        if problem and "not available offline" not in problem:  # A-LRN and C: none published
             st.warning(problem, icon=":material/cloud_off:")
             return None
+        if problem:  # not cached: the training downloads them (or says why it cannot)
+            st.info(problem.replace("not available offline", "not cached yet; the training downloads them")
+                    + " Offline, put the file there first.", icon=":material/cloud_download:")
         return "imagenet"
     if choice == "run":
         runs = dict(earlier_runs(config, batch_norm))

@@ -22,7 +22,7 @@ from vgg.errors import ConfigError
 from vgg.events import EpochEvent, StepEvent, TrainResult
 from vgg.jobs import JobContext, JobManager
 from vgg.model import model_name
-from vgg.runs import METRIC_COLUMNS, RunInfo, RunStore
+from vgg.runs import METRIC_COLUMNS, RunInfo, RunStore, describe_data, describe_init
 from vgg.tasks import DataRegistry, train_task
 from vgg.train import TrainConfig
 
@@ -39,9 +39,20 @@ X_AXES: dict[str, str] = {"images_seen": "images seen", "seconds": "seconds sinc
 CIFAR10_ANIMALS: tuple[str, ...] = ("bird", "cat", "deer", "dog", "frog", "horse")
 CIFAR10_VEHICLES: tuple[str, ...] = ("airplane", "automobile", "ship", "truck")
 PRETRAIN_SHARE = 0.6  # share of the classes used for pretraining on sets other than CIFAR-10
+# The race's budget, the same for both runs. Few images per class and few epochs: that is where
+# pretrained features help most (measured on CIFAR-10 offline, bench/lesson_outcomes.py: 100 per
+# class and 3 epochs give transfer a lead of more than 15 points; with 5 epochs or 300 images the
+# run from scratch catches up).
+RACE_IMAGES_PER_CLASS = 100
+RACE_EPOCHS = 3
+RACE_BATCH_SIZE = 32
+# With ImageNet weights, both runs see the images at 64 px (upsampled): ImageNet's filters were
+# learned on objects far larger than 32 pixels, and on a 1×1 feature map (32 px) little of them
+# is left to use; 64 px keeps 2×2 maps at four times the cost per image.
+IMAGENET_RACE_INPUT_SIZE = 64
 
-TABLE_COLUMNS = ("run", "status", "model", "init", "data", "classes", "epochs", "best_val_accuracy",
-                 "test_accuracy", "seconds", "images_per_second")
+TABLE_COLUMNS = ("run", "name", "owner", "status", "model", "init", "data", "classes", "lr", "epochs",
+                 "best_val_accuracy", "test_accuracy", "seconds", "images_per_second", "started")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,25 +152,6 @@ def value_at(curve: pd.DataFrame, x: float) -> float | None:
 # Final metrics
 
 
-def describe_init(init: str) -> str:
-    """A short human label of a TrainConfig.init value."""
-    if init == "scratch":
-        return "from scratch"
-    if init == "imagenet":
-        return "ImageNet"
-    if init.startswith("run:"):
-        return f"run {init[4:]}"
-    return init.rsplit("/", 1)[-1]
-
-
-def describe_data(data: Mapping[str, Any]) -> str:
-    """A short label of a run's ``config.json`` data section: "synthetic · 32 px · 20/class"."""
-    source = str(data.get("source", "?"))
-    name = source if source in ("cifar10", "synthetic") else source.rstrip("/").rsplit("/", 1)[-1]
-    per_class = data.get("images_per_class")
-    return f"{name} · {data.get('input_size', '?')} px" + (f" · {per_class}/class" if per_class else "")
-
-
 def _number(value: Any) -> float:
     try:
         number = float(value)
@@ -171,8 +163,8 @@ def _number(value: Any) -> float:
 def final_metrics(runs: Sequence[RunInfo]) -> pd.DataFrame:
     """One row per run with its status, set-up and final numbers (NaN where not known yet).
 
-    Columns: run, status, model, init, data, classes, epochs, best_val_accuracy, test_accuracy,
-    seconds, images_per_second.
+    Columns: run (its id), name (``RunInfo.label``), owner, status, model, init, data, classes, lr,
+    epochs, best_val_accuracy, test_accuracy, seconds, images_per_second, started.
     """
     rows = []
     for info in runs:
@@ -182,19 +174,23 @@ def final_metrics(runs: Sequence[RunInfo]) -> pd.DataFrame:
         except ConfigError:
             model = str(cfg.get("config", "?"))
         classes = summary.get("classes") or cfg.get("classes") or []
-        epochs_done, planned = summary.get("epochs_done"), cfg.get("epochs")
+        epochs_done, planned = summary.get("epochs_done"), cfg.get("epochs_planned") or cfg.get("epochs")
         rows.append({
             "run": info.run_id,
+            "name": info.label,
+            "owner": str(cfg.get("owner") or ""),
             "status": info.status,
             "model": model,
             "init": describe_init(str(cfg.get("init", "scratch"))),
             "data": describe_data(cfg.get("data") or {}),
             "classes": len(classes),
+            "lr": _number(cfg.get("lr")),
             "epochs": f"{epochs_done if epochs_done is not None else '–'}/{planned if planned else '?'}",
             "best_val_accuracy": _number(summary.get("best_val_accuracy")),
             "test_accuracy": _number(summary.get("test_accuracy")),
             "seconds": _number(summary.get("seconds")),
             "images_per_second": _number(summary.get("images_per_second")),
+            "started": pd.Timestamp(info.created_at, unit="s", tz="UTC").tz_convert(None) if info.created_at else pd.NaT,
         })
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
@@ -210,15 +206,26 @@ class RacePair(NamedTuple):
     pretrained: TrainConfig
 
 
+def race_config(data: DataConfig, *, images_per_class: int = RACE_IMAGES_PER_CLASS, epochs: int = RACE_EPOCHS,
+                batch_size: int = RACE_BATCH_SIZE, seed: int = 0) -> TrainConfig:
+    """The race's base training on ``data``: VGG11-BN, few images per class (the test set whole,
+    so that a few hundred images do not make the score a lottery), few epochs."""
+    return TrainConfig(config="A", batch_norm=True, epochs=epochs, batch_size=batch_size, seed=seed,
+                       data=replace(data, images_per_class=images_per_class, cap_test=False))
+
+
 def race_pair(base: TrainConfig, init: str = "imagenet") -> RacePair:
     """From ``base`` (data, seed, epochs, batch size, model, lr), the run from scratch and the run
     from ``init`` ("imagenet", "run:<id>" or a .pth file). Nothing else differs, except what
     starting from weights implies: the discriminative ratio left at its default (features learn
-    at 0.1 × lr when pretrained, as the notebook) and no freezing from scratch.
+    at 0.1 × lr when pretrained, as the notebook) and no freezing from scratch. From ImageNet both
+    see the images at ``IMAGENET_RACE_INPUT_SIZE``.
     """
     if init == "scratch":
         raise ConfigError("the pretrained side of the race needs weights: choose 'imagenet', 'run:<id>' "
                           "or a .pth file")
+    if init == "imagenet" and base.model_input_size < IMAGENET_RACE_INPUT_SIZE:
+        base = replace(base, input_size=IMAGENET_RACE_INPUT_SIZE)
     scratch = replace(base, init="scratch", freeze="none", lr_ratio=None)
     pretrained = replace(base, init=init, lr_ratio=None)
     return RacePair(scratch, pretrained)
@@ -255,13 +262,13 @@ class TransferPlan:
     """The offline race: pretrain on some classes, then race fine-tuning against scratch on the others."""
 
     base: TrainConfig  # budget of the race: model, seed, epochs, batch size, lr, data (few images per class)
-    pretrain_images_per_class: int | None = 500  # images per class of the pretraining run (None = all)
-    pretrain_epochs: int | None = None  # None → base.epochs
+    pretrain_images_per_class: int | None = None  # images per class of the pretraining run (None = all)
+    pretrain_epochs: int | None = None  # None: auto (TrainConfig.epochs_for), the default training's budget
 
     def pretrain_config(self) -> TrainConfig:
         cfg = with_images_per_class(self.base, self.pretrain_images_per_class)
-        epochs = self.pretrain_epochs or self.base.epochs
-        return replace(cfg, init="scratch", freeze="none", lr_ratio=None, epochs=epochs)
+        return replace(cfg, init="scratch", freeze="none", lr_ratio=None, epochs=self.pretrain_epochs,
+                       batch_size=TrainConfig.batch_size)
 
     def finetune_pair(self, pretrain_run_id: str) -> RacePair:
         return race_pair(self.base, f"run:{pretrain_run_id}")

@@ -24,18 +24,18 @@ from torch import nn
 
 from vgg.analysis import confusion_matrix, per_class_accuracy
 from vgg.augment import BatchPipeline, iterate_batches
-from vgg.data import DataSplits, TensorData
+from vgg.data import TEST_SEED, DataSplits, TensorData, take_per_class
 from vgg.errors import CheckpointError, one_line
 from vgg.files import save_torch
 from vgg.inference import LoadedModel, load_model
 from vgg.safeload import load_weights_only
 from vgg.settings import choose_precision
-from vgg.speedups.switch import evaluation_net
+from vgg.speedups.switch import accelerate, evaluation_net
 
 if TYPE_CHECKING:
     from vgg.runs import RunStore
 
-HIDDEN_ROWS = 1000  # rows of the 4096-d representation kept in predictions.pt
+HIDDEN_ROWS = 1000  # rows of the 4096-d representation kept in predictions.pt (a class-stratified sample)
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,12 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorData, pipeline: BatchPipeline, *, batch_size: int = 256,
              autocast_dtype: torch.dtype | None = None, keep_hidden: bool = False,
-             cancel: threading.Event | None = None) -> EvalResult:
+             cancel: threading.Event | None = None, flip: bool = False) -> EvalResult:
     """Loss and accuracy over ``data`` (eval mode, no augmentation), with per-image probabilities.
 
-    ``model`` is a VGG (or a speed-up's wrapper of one) with ``forward_with_hidden``.
+    ``model`` is a VGG (or a speed-up's wrapper of one) with ``forward_with_hidden``. With ``flip``
+    (test-time augmentation) each image's probabilities are the mean of its own and its mirror
+    image's, and the loss is that mean's cross-entropy.
     """
     was_training = model.training
     model.eval()
@@ -70,11 +72,16 @@ def evaluate(model: nn.Module, data: TensorData, pipeline: BatchPipeline, *, bat
             with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32,
                                 enabled=autocast_dtype is not None):
                 logits, h = model.forward_with_hidden(x)
-            logits = logits.float()
-            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+                mirrored = model(x.flip(3)) if flip else None
+            p = logits.float().softmax(1)
+            if mirrored is None:
+                total_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            else:
+                p = (p + mirrored.float().softmax(1)) / 2
+                total_loss += float(F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum"))
+            correct += int((p.argmax(1) == y).sum())
             n += len(y)
-            probs.append(logits.softmax(1).cpu())
+            probs.append(p.cpu())
             if keep_hidden:
                 hiddens.append(h.float().cpu())
     finally:
@@ -100,12 +107,17 @@ class Predictions:
 
     @classmethod
     def from_eval(cls, result: EvalResult, classes: tuple[str, ...], *,
-                  hidden_rows: int = HIDDEN_ROWS) -> Predictions:
-        """Keep what the pages need of an evaluation: float16 probabilities, ``hidden_rows`` hidden rows."""
-        hidden = result.hidden[:hidden_rows].half() if result.hidden is not None else None
+                  hidden_rows: int | None = None) -> Predictions:
+        """Keep what the pages need of an evaluation: float16 probabilities, and the hidden
+        representation of at most ``hidden_rows`` test images, the same number of each class (a
+        test set is often sorted by class: its first rows would show one or two classes)."""
+        hidden = index = None
+        if result.hidden is not None:
+            index = hidden_sample(result.labels, len(classes), hidden_rows or HIDDEN_ROWS)
+            hidden = result.hidden[index].half()
         return cls(labels=result.labels, probabilities=result.probabilities.half(),
                    predicted=result.probabilities.argmax(1), classes=tuple(classes), hidden=hidden,
-                   loss=result.loss if math.isfinite(result.loss) else None)
+                   hidden_index=index, loss=result.loss if math.isfinite(result.loss) else None)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -177,6 +189,15 @@ class Predictions:
                    loss=float(loss) if number else None, split=str(data.get("split", "test")))
 
 
+def hidden_sample(labels: torch.Tensor, num_classes: int, rows: int = HIDDEN_ROWS) -> torch.Tensor:
+    """Sorted test-set rows whose hidden representation is kept: all when there are at most
+    ``rows``, else ``rows // num_classes`` of each class, drawn with the fixed test seed (so that
+    runs on the same data keep the same images)."""
+    if len(labels) <= rows:
+        return torch.arange(len(labels))
+    return take_per_class(labels, max(1, rows // max(num_classes, 1)), TEST_SEED)
+
+
 def load_run_predictions(store: RunStore, run_id: str) -> Predictions:
     """A run's ``predictions.pt``; ``CheckpointError`` while it has none."""
     path = store.predictions_path(run_id)
@@ -194,8 +215,10 @@ def evaluate_loaded(loaded: LoadedModel, data: TensorData, *, precision: str = "
     ``precision`` is the run's ``TrainConfig.precision``: evaluating as the training did gives the
     same test accuracy as the run recorded (near-ties flip between bf16 and fp32).
     """
-    pipeline = BatchPipeline(loaded.mean, loaded.std, loaded.device, loaded.input_size, False)
-    result = evaluate(evaluation_net(loaded.model), data, pipeline, keep_hidden=True, cancel=cancel,
+    # The speed-ups the training evaluated with: the same arithmetic gives the same answers (near-ties
+    # under bf16 flip with the convolution's summation order).
+    pipeline = BatchPipeline(loaded.mean, loaded.std, loaded.device, loaded.input_size, False, channels_last=True)
+    result = evaluate(evaluation_net(accelerate(loaded.model)), data, pipeline, keep_hidden=True, cancel=cancel,
                       autocast_dtype=choose_precision(precision, loaded.device))
     return Predictions.from_eval(result, loaded.classes)
 

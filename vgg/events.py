@@ -72,7 +72,9 @@ class EpochEvent:
 @dataclass(frozen=True, eq=False)
 class CheckpointEvent:
     epoch: int
-    state: Mapping[str, torch.Tensor]  # the model's state dict, torchvision's names, on the CPU
+    # What the checkpoint stores of the model's state dict (torchvision's names, on the CPU): compact where
+    # exact, as meta's "folded_pool" and "base" say (vgg.checkpoints.pack; expand gives the full one)
+    state: Mapping[str, torch.Tensor]
     meta: Mapping[str, Any] = field(default_factory=dict)  # config, classes, mean, std, input size, ...
     is_best: bool = False  # the lowest validation loss so far
 
@@ -99,6 +101,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     classes: tuple[str, ...]
+    epochs_planned: int = 0  # the epochs the run was to train (TrainConfig.epochs_for its data)
 
 
 @dataclass(frozen=True)

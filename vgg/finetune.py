@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from vgg.checkpoints import reference_for
 from vgg.errors import ConfigError
 from vgg.model import VGG, build_vgg, freeze, load_pretrained, param_groups
 from vgg.resources import check_config_memory
@@ -46,6 +47,8 @@ class Prepared:
     device: torch.device
     autocast_dtype: torch.dtype | None
     init_note: str  # where the weights came from, for the run's config.json
+    # What the frozen layers' checkpoints refer to instead of storing them (vgg.checkpoints.reference_for)
+    base: dict[str, Any] | None = None
 
 
 def start_weights(cfg: TrainConfig, classes: tuple[str, ...], data_mean: Stats, data_std: Stats, *,
@@ -70,7 +73,10 @@ def start_weights(cfg: TrainConfig, classes: tuple[str, ...], data_mean: Stats, 
 
 def _from_run(cfg: TrainConfig, run_id: str, classes: tuple[str, ...], data_mean: Stats, data_std: Stats,
               runs_root: Path | None) -> tuple[VGG, Stats, Stats, str]:
-    """An earlier run's best checkpoint; a new head unless it was trained on the same classes."""
+    """An earlier run's best checkpoint; a new head unless it was trained on the same classes.
+
+    ``load_checkpoint`` gives the full torchvision state dict even where the file is compact (a folded
+    first Linear, a reference to the run it started from in turn): ``vgg.checkpoints``."""
     ckpt = RunStore(runs_root or runs_dir()).load_checkpoint(run_id, "best")
     meta = ckpt.get("meta", {})
     if meta.get("config") != cfg.config or bool(meta.get("batch_norm")) != cfg.batch_norm:
@@ -93,15 +99,23 @@ def _from_run(cfg: TrainConfig, run_id: str, classes: tuple[str, ...], data_mean
 
 def prepare_model(cfg: TrainConfig, classes: tuple[str, ...], data_mean: Stats, data_std: Stats, *,
                   runs_root: Path | None = None) -> Prepared:
-    """Build the model for ``cfg``: start weights (seeded), freezing, device and precision."""
+    """Build the model for ``cfg``: start weights (seeded), freezing, device and precision, and the
+    reference its checkpoints make for what the freeze mode keeps unchanged (``Prepared.base``)."""
     device = resolve_device(cfg.device)
     # Refuse a run that would not fit before the kernel's OOM killer ends the whole server.
     check_config_memory(cfg, len(classes), device)
     torch.manual_seed(cfg.seed)
     model, mean, std, note = start_weights(cfg, classes, data_mean, data_std, runs_root=runs_root)
+    for module in model.classifier:
+        if isinstance(module, nn.Dropout):
+            module.p = cfg.dropout
     freeze(model, cfg.freeze)
+    base = None
+    if cfg.freeze != "none":  # the digest of the start weights, before anything could change them
+        store = RunStore(runs_root or runs_dir()) if runs_root or cfg.init.startswith("run:") else None
+        base = reference_for(cfg, model.state_dict(), store=store)
     model.to(device)
-    return Prepared(model, classes, mean, std, device, choose_precision(cfg.precision, device), note)
+    return Prepared(model, classes, mean, std, device, choose_precision(cfg.precision, device), note, base)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -3,8 +3,9 @@
 The last convolution's feature maps ``A_k`` are weighted by the mean gradient of the class score
 ``∂y_c / ∂A_k`` and summed, then clipped at 0. The layers run one by one from a copy of the
 activation instead of registering hooks, so a model shared by several sessions is never modified.
-The map has the last convolution's resolution, 2×2 for a 32 px input, so small inputs give a
-coarse picture.
+The map has the last convolution's resolution, 2×2 for a 32 px input, 14×14 at 224 px. It is
+returned at that resolution and drawn as what it is: coarse maps as blocks over the picture the
+model saw (a smooth rainbow over a large photo would suggest detail the map does not have).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def last_conv_index(model: VGG) -> int:
 
 
 def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -> np.ndarray:
-    """Grad-CAM heat map (S, S) in [0, 1] of the class ``target`` (default: the predicted class).
+    """Grad-CAM heat map (h, w) in [0, 1] of the class ``target`` (default: the predicted class), at
+    the last convolution's resolution (2×2 for a 32 px input).
 
     The last convolution's maps ``A_k`` are weighted by the mean gradient of the class score
     ``∂y_c / ∂A_k`` and summed, then clipped at 0. The layers run one by one from a copy of the
     activation, so the in-place ReLUs never overwrite it and the shared model is not changed (no
-    hooks). The map has the last convolution's resolution — 2×2 for a 32 px input — and is
-    upsampled bilinearly, so small inputs give a coarse picture.
+    hooks).
     """
     model = loaded.model
     x = preprocess([img], loaded)
@@ -55,19 +56,22 @@ def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -
             raise ConfigError(f"class index {target} is out of range; choose 0 to {logits.shape[1] - 1}")
         (gradient,) = torch.autograd.grad(logits[0, target], activation)
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
-    cam = F.relu((weights * activation.detach()).sum(1, keepdim=True))  # (1, 1, h, w)
-    size = loaded.input_size
-    cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    cam = F.relu((weights * activation.detach()).sum(1, keepdim=True))[0, 0]  # (h, w)
     top = float(cam.max())
     cam = cam / top if top > 0 else torch.zeros_like(cam)
     return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
+COARSE_BELOW = 7  # maps with fewer cells a side are drawn as blocks
+
+
 def overlay_heatmap(img: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """``img`` with ``heatmap`` (H', W') in [0, 1] stretched over it in a blue→red colour scale."""
+    """``img`` with ``heatmap`` (h, w) in [0, 1] stretched over it in a blue→red colour scale: as
+    blocks when the map is coarse (under ``COARSE_BELOW`` cells a side), smoothly otherwise."""
     rgb = img.convert("RGB")
+    coarse = min(heatmap.shape) < COARSE_BELOW
     heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255), mode="L").resize(
-        rgb.size, Image.Resampling.BICUBIC
+        rgb.size, Image.Resampling.NEAREST if coarse else Image.Resampling.BICUBIC
     )
     h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
     colour = np.concatenate(

@@ -3,7 +3,8 @@
 - ``load_model`` takes a run id (its ``best.pt``) or a checkpoint file inside the data or runs
   dir; files are read with ``torch.load(..., weights_only=True)`` only and checked against the
   architecture their metadata names, so a pickle that would run code or a state dict of another
-  model is refused with one line.
+  model is refused with one line. A compact checkpoint (a folded first Linear, a reference to the
+  weights a frozen run did not change) is expanded to the full model first (``vgg.checkpoints``).
 - Images are preprocessed as in training: squashed to the model's square input (via the data
   set's own size when the model was trained on upsampled images) and normalised with the mean
   and standard deviation stored in the checkpoint.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from vgg import checkpoints
 from vgg.augment import normalize, to_float
 from vgg.data import DataConfig
 from vgg.errors import CheckpointError, ConfigError, PathError, WeightsUnavailableError
@@ -128,13 +130,14 @@ def load_model(
         raise CheckpointError("no model given: name a run id or a checkpoint file (.pt)")
     source = source.strip()
     if _is_run(source, store):
-        checkpoint = store.load_checkpoint(source, "best")
+        checkpoint = store.read_checkpoint(source, "best")
         label = f"run {source} · best.pt"
-        return _from_checkpoint(checkpoint, label, device, run_id=source, run_config=store.get(source).config)
+        return _from_checkpoint(checkpoint, label, device, store=store, run_id=source,
+                                run_config=store.get(source).config)
     roots = [Path(r) for r in allowed_roots] if allowed_roots else [store.root, data_dir()]
     path = _checkpoint_path(source, roots, store)
     checkpoint = read_checkpoint_file(path, label=path.name)
-    return _from_checkpoint(checkpoint, path.name, device, run_id=None, run_config=None)
+    return _from_checkpoint(checkpoint, path.name, device, store=store, run_id=None, run_config=None)
 
 
 def _is_run(source: str, store: RunStore) -> bool:
@@ -162,10 +165,12 @@ def _from_checkpoint(
     label: str,
     device: torch.device,
     *,
+    store: RunStore | None,
     run_id: str | None,
     run_config: Mapping[str, Any] | None,
 ) -> LoadedModel:
-    """Check a ``{"model": state_dict, "meta": {...}}`` checkpoint and build its model."""
+    """Check a ``{"model": state_dict, "meta": {...}}`` checkpoint and build its model; a compact one
+    is expanded first, its reference to another run resolved through ``store``."""
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
         raise CheckpointError(
             f"{label} is not a checkpoint of this app: expected a dict with 'model' "
@@ -180,6 +185,8 @@ def _from_checkpoint(
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{label}: state-dict entry {str(bad[0])[:60]!r} is not a name with a tensor")
+    expanded = checkpoints.expand({"model": state, "meta": meta}, label, store=store)
+    state, meta = expanded["model"], expanded["meta"]
     name = model_name(config, batch_norm)
     with torch.device("meta"):  # no time spent initialising what the state dict overwrites
         model = build_vgg(config, batch_norm=batch_norm, num_classes=len(classes))

@@ -8,10 +8,16 @@ A job's function receives a ``JobContext``: it checks ``ctx.cancelled`` between 
 ``ctx.publish(...)`` after each step. Readers only ever see frozen ``JobSnapshot`` objects. An
 exception inside a job becomes status ``FAILED`` with a one-line message (its traceback goes to
 the ``logging`` module), never a silently dead thread.
+
+When the process exits (the server stopped with SIGTERM or Ctrl+C), the running jobs are
+cancelled and their threads joined first (``atexit``): a worker thread killed inside a torch
+operation at interpreter exit aborts the process ("terminate called without an active exception")
+before the run could record how it ended.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import math
@@ -19,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,10 +37,15 @@ from vgg.errors import ConfigError, VGGError
 logger = logging.getLogger(__name__)
 
 _EMPTY_EXTRA: Mapping[str, Any] = MappingProxyType({})
+EXIT_JOIN_S = 60.0  # at process exit, how long the cancelled jobs get to end their current step
 
 
 class QueueFullError(VGGError):
     """Too many jobs are waiting; the message says how many and what to do."""
+
+
+class OwnerBusyError(VGGError):
+    """This person already has a job queued or running (one each keeps the queue fair)."""
 
 
 class UnknownJobError(VGGError, LookupError):
@@ -77,6 +89,7 @@ class JobSnapshot:
     error: str | None  # one-line message when FAILED
     extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_EXTRA)  # read-only extra values
     version: int = 0  # increases on every change of this job
+    estimate_s: float | None = None  # how long it should run (a cost estimate given at submit)
     submitted_at: float = 0.0  # epoch seconds
     started_at: float | None = None
     finished_at: float | None = None
@@ -99,8 +112,9 @@ class _Job:
     """The mutable state of one job; only touched while holding the manager's lock."""
 
     def __init__(self, job_id: str, kind: str, title: str, fn: Callable[[JobContext], Any],
-                 key: str | None, owner: str | None) -> None:
+                 key: str | None, owner: str | None, estimate_s: float | None = None) -> None:
         self.id = job_id
+        self.estimate_s = estimate_s
         self.kind = kind
         self.title = title
         self.fn: Callable[[JobContext], Any] | None = fn
@@ -137,6 +151,11 @@ class JobContext:
     def job_id(self) -> str:
         """The id of the job this context belongs to."""
         return self._job.id
+
+    @property
+    def owner(self) -> str | None:
+        """Who started the job (None: nobody named)."""
+        return self._job.owner
 
     @property
     def cancel_event(self) -> threading.Event:
@@ -245,16 +264,20 @@ class JobManager:
         self._prefix = uuid.uuid4().hex[:6]
         self._serial = itertools.count(1)
         self._closed = False
+        _at_exit.add(self)
 
     # ---------------------------------------------------------------- submitting
 
     def submit(self, kind: str, title: str, fn: Callable[[JobContext], Any], *,
-               key: str | None = None, owner: str | None = None) -> str:
+               key: str | None = None, owner: str | None = None, estimate_s: float | None = None,
+               one_per_owner: bool = False) -> str:
         """Queue ``fn(ctx)`` as a job and return its id.
 
         If a queued or running job has the same ``key``, its id is returned and nothing new is
         started (a second click does not start a second run). Raises ``QueueFullError`` when
-        ``max_queued`` jobs are already waiting.
+        ``max_queued`` jobs are already waiting, and with ``one_per_owner`` ``OwnerBusyError`` when
+        ``owner`` already has a job queued or running (a fair queue: one each). ``estimate_s`` is
+        how long the job should take (for the queue's start times).
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -263,12 +286,20 @@ class JobManager:
                 raise VGGError("the job manager is shut down; restart the app to run jobs")
             if key is not None and key in self._by_key:
                 return self._by_key[key].id
+            if one_per_owner and owner is not None:
+                busy = next((j for j in self._jobs.values() if j.owner == owner and not j.status.finished), None)
+                if busy is not None:
+                    where = (f"number {self._queue.index(busy) + 1} in the queue"
+                             if busy.status is JobStatus.QUEUED else "running")
+                    raise OwnerBusyError(
+                        f"you already have a job {where} ({busy.title}); one job each keeps the queue "
+                        "fair: wait for it to end, or stop it, then start this one")
             slot_free = len(self._running) < self.max_running and not self._queue
             if not slot_free and len(self._queue) >= self.max_queued:
                 raise QueueFullError(
                     f"the queue is full ({len(self._queue)} jobs waiting); "
                     "wait for a run to finish or cancel one")
-            job = _Job(f"{self._prefix}-{next(self._serial)}", kind, title, fn, key, owner)
+            job = _Job(f"{self._prefix}-{next(self._serial)}", kind, title, fn, key, owner, estimate_s)
             self._jobs[job.id] = job
             if key is not None:
                 self._by_key[key] = job
@@ -302,6 +333,37 @@ class JobManager:
     def active(self) -> list[JobSnapshot]:
         """Snapshots of the queued and running jobs, in submission order."""
         return self.snapshots(include_finished=False)
+
+    def start_estimates(self, now: float | None = None) -> dict[str, float]:
+        """Seconds until each queued job should start: what the running jobs have left (their
+        estimate minus the time they ran, or their progress so far extrapolated) and the estimates
+        of the jobs ahead of it, with ``max_running`` slots. A job without an estimate counts as
+        the mean of the others' (or a minute)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            known = [j.estimate_s for j in self._jobs.values() if j.estimate_s]
+            typical = sum(known) / len(known) if known else 60.0
+            slots = []
+            for job_id in self._running:
+                job = self._jobs[job_id]
+                ran = now - (job.started_at or now)
+                if job.progress > 0.02:
+                    left = ran * (1 - job.progress) / job.progress
+                else:
+                    left = max((job.estimate_s or typical) - ran, 0.0)
+                slots.append(left)
+            slots += [0.0] * (self.max_running - len(slots))
+            starts: dict[str, float] = {}
+            for job in self._queue:
+                i = min(range(len(slots)), key=slots.__getitem__)
+                starts[job.id] = slots[i]
+                slots[i] += job.estimate_s or typical
+            return starts
+
+    def newest(self) -> str | None:
+        """The id of the job submitted last (to notice a new job without reading every snapshot)."""
+        with self._lock:
+            return next(reversed(self._jobs), None)
 
     def find(self, key: str) -> JobSnapshot | None:
         """The queued or running job with this idempotency key, if any."""
@@ -405,7 +467,7 @@ class JobManager:
             message=job.message, history=job.cached_history, result=job.result,
             error=job.error, extra=job.cached_extra, version=job.version,
             submitted_at=job.submitted_at, started_at=job.started_at,
-            finished_at=job.finished_at)
+            finished_at=job.finished_at, estimate_s=job.estimate_s)
         job.cached_snapshot = snap
         return snap
 
@@ -493,3 +555,13 @@ class JobManager:
                 message = "cancelled" if status is JobStatus.CANCELLED else None
                 self._finish(job, status, message=message, error=error)
                 self._start_ready()
+
+
+_at_exit: weakref.WeakSet[JobManager] = weakref.WeakSet()  # the managers of this process
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    """Cancel every manager's jobs and wait for their threads before the interpreter goes away."""
+    for manager in list(_at_exit):
+        manager.shutdown(cancel=True, timeout=EXIT_JOIN_S)

@@ -107,6 +107,7 @@ class LRFinderResult:
     losses: tuple[float, ...]  # raw batch losses
     smoothed: tuple[float, ...]
     suggestions: dict[str, Suggestion | None] = field(default_factory=dict)  # rule -> suggestion
+    recommended: Suggestion | None = None  # the one LR the app recommends (``recommend``)
     restored: bool = False  # model and optimizer state were put back
     stopped_early: bool = False  # diverged (or a non-finite loss) before num_iter
     cancelled: bool = False
@@ -219,6 +220,26 @@ def suggest_min_div10(
     )
 
 
+RECOMMEND_DIVISOR = 1.0  # the recommendation: the lowest point of the smoothed loss, divided by this
+
+
+def recommend(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10,
+              skip_end: int = 5) -> Suggestion | None:
+    """The one learning rate the app recommends: the lr where the smoothed loss is lowest, divided
+    by ``RECOMMEND_DIVISOR`` (calibrated by ``bench/lr_advice.py``)."""
+    pts = _usable(lrs, losses, skip_start, skip_end)
+    if pts is None:
+        return None
+    idx, x, y, note = pts
+    i = int(np.argmin(y))
+    lr = float(x[i]) / RECOMMEND_DIVISOR
+    return Suggestion(
+        lr, int(idx[i]), "recommended",
+        f"The smoothed loss is lowest at lr {float(x[i]):.2e}: the recommended peak learning rate is "
+        f"{lr:.2e}{note}.",
+    )
+
+
 def suggest_all(
     lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5
 ) -> dict[str, Suggestion | None]:
@@ -325,6 +346,7 @@ def find_lr(
         losses=tuple(losses),
         smoothed=tuple(smoothed),
         suggestions=suggest_all(lrs, smoothed, cfg.skip_start, cfg.skip_end),
+        recommended=recommend(lrs, smoothed, cfg.skip_start, cfg.skip_end),
         restored=True,
         stopped_early=stopped_early,
         cancelled=cancelled,
@@ -441,7 +463,7 @@ def find_lr_for(cfg: TrainConfig, lr_cfg: LRFinderConfig, *, splits: DataSplits 
             yield t.pipeline(images, t.generator), labels.to(prepared.device)
 
     def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-        return train_step(t.net, t.optimizer, x, y, prepared.autocast_dtype)[0]
+        return train_step(t.net, t.optimizer, x, y, prepared.autocast_dtype, cfg.label_smoothing)[0]
 
     on_event(StatusEvent("running the LR range test"))
     try:

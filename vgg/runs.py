@@ -5,12 +5,20 @@ A run folder ``<root>/<run_id>`` holds:
 - ``config.json``: the run's configuration, written once, atomically;
 - ``metrics.csv``: one row per step, epoch and test evaluation, appended and flushed as they come;
 - ``status.json``: status, message, owning process and summary numbers, replaced atomically;
-- ``best.pt`` / ``last.pt``: ``{"model": state_dict, "meta": {...}}`` written to a temporary file in
-  the same folder, flushed, fsynced and ``os.replace``-d, so the previous file survives a failure;
+- ``best.pt`` / ``last.pt``: ``{"format": 2, "model": tensors, "meta": {...}}`` written to a temporary
+  file in the same folder, flushed, fsynced and ``os.replace``-d, so the previous file survives a
+  failure. They store what the run can use exactly (``vgg.checkpoints``: the first Linear folded
+  on 1×1 maps, a reference for what a frozen run did not change); ``load_checkpoint`` gives the full
+  torchvision state dict back. ``best.pt`` is a hard link to ``last.pt`` after a best epoch; once a
+  run is done or cancelled, a ``last.pt`` that is not that same file is removed, since everything
+  the app does with a finished run (evaluation, classification, transfer, downloads) reads
+  ``best.pt``. Interrupted, failed and diverged runs keep what they have;
 - ``predictions.pt``: test-set predictions for the Evaluate page, written the same way.
 
 A run whose status says "running" but whose process has died (``kill -9``, a crash, a reboot) is
 reported as "interrupted". Checkpoints are read with ``torch.load(..., weights_only=True)`` only.
+``VGG_RUNS_QUOTA_GB`` (``vgg.settings.runs_quota_bytes``) caps the folder: new runs are refused
+once it holds that much (``RunStore.disk_usage``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 import torch
 
+from vgg import checkpoints
 from vgg.errors import CheckpointError, ConfigError, PathError, VGGError, one_line
 from vgg.events import (
     CheckpointEvent,
@@ -53,9 +63,11 @@ from vgg.files import (
     write_failure,
     write_json,
 )
+from vgg.model import build_vgg, check_state_fits, model_name
 from vgg.paths import validate_run_id
 from vgg.process import owner_alive, owner_record
 from vgg.safeload import load_weights_only
+from vgg.settings import runs_quota_bytes
 
 if TYPE_CHECKING:
     from vgg.evaluate import Predictions
@@ -72,7 +84,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 STATUS_FILE = "status.json"
 PREDICTIONS_FILE = "predictions.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = checkpoints.FORMAT
 
 
 CheckpointName = Literal["best", "last"]
@@ -84,6 +96,10 @@ class RunNotFoundError(VGGError, LookupError):
 
 class RunInUseError(VGGError):
     """The run is still being written by a live process."""
+
+
+class QuotaError(VGGError):
+    """The runs folder holds its quota (``VGG_RUNS_QUOTA_GB``): no new run until some are deleted."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,51 @@ class RunInfo:
         """True unless the run is still running."""
         return self.status != "running"
 
+    @property
+    def label(self) -> str:
+        """A name a person can read, wherever a run is chosen or listed, ending in the run id's
+        random tag so that two runs started in the same minute stay apart:
+        "VGG11-BN · from scratch · cifar10 · lr 3e-04 · 3 Dec 14:02 · 19d0"."""
+        return f"{run_label(self.config, self.created_at)} · {self.run_id.rsplit('-', 1)[-1]}"
+
+
+def model_label(config: Mapping[str, Any]) -> str:
+    """"VGG11-BN" for a run's ``config.json`` (the paper's letter when torchvision has no name)."""
+    letter, batch_norm = str(config.get("config", "?")), bool(config.get("batch_norm", False))
+    names = {"A": "VGG11", "A-LRN": "VGG11-LRN", "B": "VGG13", "C": "VGG16-C", "D": "VGG16", "E": "VGG19"}
+    return names.get(letter, letter) + ("-BN" if batch_norm else "")
+
+
+def describe_init(init: str) -> str:
+    """A short human label of a ``TrainConfig.init`` value: "from scratch", "ImageNet", "run <id>"."""
+    if init == "scratch":
+        return "from scratch"
+    if init == "imagenet":
+        return "ImageNet"
+    if init.startswith("run:"):
+        return f"run {init[4:]}"
+    return init.rsplit("/", 1)[-1]
+
+
+def describe_data(data: Mapping[str, Any]) -> str:
+    """A short label of a run's ``config.json`` data section: "synthetic · 32 px · 20/class"."""
+    source = str(data.get("source", "?"))
+    name = source if source in ("cifar10", "synthetic") else source.rstrip("/").rsplit("/", 1)[-1]
+    per_class = data.get("images_per_class")
+    return f"{name} · {data.get('input_size', '?')} px" + (f" · {per_class}/class" if per_class else "")
+
+
+def run_label(config: Mapping[str, Any], created_at: float) -> str:
+    """Model, start, data set, learning rate and start time of a run, in one line."""
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    source = str(data.get("source", "?"))
+    name = source if source in ("cifar10", "synthetic") else source.rstrip("/").rsplit("/", 1)[-1]
+    lr = config.get("lr")
+    when = time.strftime("%-d %b %H:%M", time.localtime(created_at)) if created_at else "?"
+    parts = [model_label(config), describe_init(str(config.get("init", "scratch"))), name,
+             f"lr {lr:.0e}" if isinstance(lr, (int, float)) else None, when]
+    return " · ".join(p for p in parts if p)
+
 
 # ------------------------------------------------------------------------ files
 
@@ -122,8 +183,40 @@ def _checkpoint_file(name: CheckpointName) -> str:
 
 def read_checkpoint_file(path: Path, *, label: str | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; anything that would run code, or a
-    corrupt or truncated file, → ``CheckpointError`` with one line (``vgg.safeload``)."""
+    corrupt or truncated file, → ``CheckpointError`` with one line (``vgg.safeload``). The file as
+    stored: ``vgg.checkpoints.expand`` turns a run checkpoint into the full state dict."""
     return load_weights_only(path, label=label)
+
+
+def link_or_copy(src: Path, path: Path, where: str) -> None:
+    """Make ``path`` the same file as ``src``: a hard link where the file system has them, else a
+    copy; either way through a temporary name and ``os.replace``, so ``path`` is the old file or the
+    new one, never half of one. A failure → ``CheckpointError`` naming ``where``; ``path`` kept."""
+    tmp = temp_path(path)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove the temporary file %s", tmp)
+        raise write_failure(path.name, where, exc) from exc
+    fsync_dir(path.parent)
+
+
+def human_bytes(n: float) -> str:
+    """"4.2 GB", "113 MB", "12 kB": a size for a message (powers of 1000, as disks are sold)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f} {unit}".replace(".0 ", " ") if value < 10 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"
 
 
 # ------------------------------------------------------------------------ writing a run
@@ -190,7 +283,8 @@ class RunWriter:
 
     def save_checkpoint(self, name: CheckpointName, model_state: Mapping[str, Any],
                         meta: Mapping[str, Any] | None = None) -> Path:
-        """Write ``best.pt`` or ``last.pt`` atomically: ``{"model": state, "meta": meta}``.
+        """Write ``best.pt`` or ``last.pt`` atomically: ``{"format": 2, "model": state, "meta": meta}``,
+        as given (the trainer gives what ``vgg.checkpoints.pack`` keeps of its state).
 
         A failure (a full disk) raises ``CheckpointError`` and leaves the previous file intact.
         """
@@ -209,23 +303,23 @@ class RunWriter:
         written in place, so the next ``save_checkpoint(source)`` leaves ``target`` as it is.
         """
         src, path = self.path / _checkpoint_file(source), self.path / _checkpoint_file(target)
-        tmp = temp_path(path)
-        try:
-            try:
-                os.link(src, tmp)
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                logger.warning("could not remove the temporary file %s", tmp)
-            raise write_failure(path.name, self.run_id, exc) from exc
-        fsync_dir(path.parent)
+        link_or_copy(src, path, self.run_id)
         return path
+
+    def keep_best_only(self) -> bool:
+        """At the end of a finished run: remove ``last.pt`` unless it is the same file as ``best.pt``
+        (a hard link costs no disk). Every use of a finished run reads ``best.pt``; a second full
+        checkpoint would only double the folder. Returns whether ``last.pt`` was removed."""
+        best, last = self.path / "best.pt", self.path / "last.pt"
+        try:
+            if not best.is_file() or not last.is_file() or os.path.samefile(best, last):
+                return False
+            last.unlink()
+        except OSError:
+            logger.warning("could not remove %s", last, exc_info=True)
+            return False
+        fsync_dir(self.path)
+        return True
 
     def save_predictions(self, predictions: Predictions) -> Path:
         """Write the test-set predictions (``vgg.evaluate.Predictions``) atomically."""
@@ -252,10 +346,12 @@ class RunWriter:
 
 class RunRecorder:
     """Writes a run folder from a training's events (``vgg.events``): the one listener that touches
-    the disk. ``StartEvent`` creates the folder; steps and epochs become metrics rows; a
-    ``CheckpointEvent`` replaces ``last.pt`` (and makes ``best.pt`` the same file after a best
-    epoch); ``TestEvent`` writes ``predictions.pt`` and the test row; ``DoneEvent`` or
-    ``FailedEvent`` the final status. Events before ``StartEvent`` are ignored."""
+    the disk. ``StartEvent`` creates the folder (refused when the runs folder holds its quota); steps
+    and epochs become metrics rows; a ``CheckpointEvent`` replaces ``last.pt`` (and makes ``best.pt``
+    the same file after a best epoch); ``TestEvent`` writes ``predictions.pt`` and the test row;
+    ``DoneEvent`` or ``FailedEvent`` the final status, and a done or cancelled run keeps ``last.pt``
+    only where it is ``best.pt`` (``RunWriter.keep_best_only``). Events before ``StartEvent`` are
+    ignored."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
@@ -296,6 +392,8 @@ class RunRecorder:
         elif isinstance(event, DoneEvent):
             result = event.result
             writer.close()
+            if result.status in ("done", "cancelled"):
+                writer.keep_best_only()
             writer.set_status(result.status, result.message or result.status,
                               best_val_loss=result.best_val_loss, best_val_accuracy=result.best_val_accuracy,
                               test_loss=result.test_loss, test_accuracy=result.test_accuracy,
@@ -360,7 +458,9 @@ class RunStore:
         """Make a new run folder ``<date>-<time>-<name>-<random>`` and return its writer.
 
         ``name`` (alias ``name_hint``) becomes part of the id after cleaning, e.g. "vgg11_bn-scratch".
+        Refused with a ``QuotaError`` once the runs folder holds its quota (``check_quota``).
         """
+        self.check_quota()
         slug = _slug(name or name_hint or "run")
         for _ in range(20):
             run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{secrets.token_hex(2)}"
@@ -372,7 +472,35 @@ class RunStore:
             return RunWriter(run_id, path, config)
         raise VGGError(f"could not create a new run folder in {self.root}")
 
+    def check_quota(self) -> None:
+        """``QuotaError`` when the runs folder holds at least ``VGG_RUNS_QUOTA_GB``
+        (``vgg.settings.runs_quota_bytes``; no limit when it is unset)."""
+        quota = runs_quota_bytes()
+        if quota is None:
+            return
+        used = self.disk_usage()
+        if used >= quota:
+            raise QuotaError(f"the runs folder holds {human_bytes(used)} of its {human_bytes(quota)} quota "
+                             "(VGG_RUNS_QUOTA_GB); delete runs on the Compare page")
+
     # ---------------------------------------------------------------- reading
+
+    def disk_usage(self, run_id: str | None = None) -> int:
+        """Bytes the runs folder (or one run's folder) holds on the disk: the sizes of its files, a
+        file with several hard links (``best.pt`` and ``last.pt`` after a best epoch) counted once."""
+        folder = self.root if run_id is None else self._existing(run_id)
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for parent, _, names in os.walk(folder):  # symbolic links are neither followed nor counted
+            for name in names:
+                try:
+                    info = os.lstat(os.path.join(parent, name))
+                except OSError:  # removed meanwhile
+                    continue
+                if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
+        return total
 
     def get(self, run_id: str) -> RunInfo:
         """The run's info; a "running" run whose process died reads as "interrupted"."""
@@ -461,8 +589,27 @@ class RunStore:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         return frame
 
+    def best_val_accuracy(self, info: RunInfo) -> float | None:
+        """The run's best validation accuracy: from its summary, or for a run that ended before
+        writing one (interrupted, failed, cancelled) the best of its epoch rows; None if none."""
+        best = info.summary.get("best_val_accuracy")
+        if isinstance(best, (int, float)):
+            return float(best)
+        frame = self.metrics(info.run_id)
+        values = frame.loc[frame["kind"] == "epoch", "val_accuracy"].dropna()
+        return float(values.max()) if len(values) else None
+
     def load_checkpoint(self, run_id: str, which: CheckpointName = "best") -> dict[str, Any]:
-        """Load ``best.pt`` or ``last.pt`` (weights only): ``{"model": state_dict, "meta": {...}}``."""
+        """Load ``best.pt`` or ``last.pt`` (weights only) as the full torchvision state dict it stands
+        for: ``{"model": state_dict, "meta": {...}}``, the folded first Linear expanded and a frozen
+        run's reference resolved (``vgg.checkpoints.expand``); a source that is gone or changed →
+        ``CheckpointError`` naming it."""
+        data = self.read_checkpoint(run_id, which)
+        return checkpoints.expand(data, f"{which}.pt of run {run_id}", store=self)
+
+    def read_checkpoint(self, run_id: str, which: CheckpointName = "best") -> dict[str, Any]:
+        """``best.pt`` or ``last.pt`` as stored (weights only): ``{"model": tensors, "meta": {...}}``,
+        which may be compact (``vgg.checkpoints``); ``load_checkpoint`` is what readers want."""
         path = self.checkpoint_path(run_id, which)
         self._existing(run_id)
         if not path.is_file():
@@ -471,7 +618,8 @@ class RunStore:
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
             raise CheckpointError(f"{which}.pt of run {run_id} is not a run checkpoint "
                                   "(expected a dict with a 'model' state dict)")
-        data.setdefault("meta", {})
+        if not isinstance(data.get("meta"), dict):
+            data["meta"] = {}
         return data
 
     def predictions_path(self, run_id: str) -> Path:
@@ -492,15 +640,109 @@ class RunStore:
     # ---------------------------------------------------------------- deleting
 
     def delete(self, run_id: str) -> None:
-        """Delete a run's folder; refused while a live process still writes it."""
+        """Delete a run's folder; refused while a live process still writes it.
+
+        Runs that started from it with frozen layers refer to its ``best.pt`` for them
+        (``vgg.checkpoints``): their checkpoints are first made independent of it (``rebase``: what
+        they take from it moves into their own files), so they keep loading, with the same weights.
+        Refused while such a run is still training, or when one of them cannot be made independent
+        (its reference no longer resolves): the message names it."""
         info = self.get(run_id)
         if info.status == "running":
             raise RunInUseError(f"run {run_id} is still running (process {info.pid}); "
                                 "cancel it before deleting it")
+        self._release(run_id)
         # Rename first so a half-deleted folder never shows up as a run.
         trash = self.root / f".deleting-{run_id}-{secrets.token_hex(3)}"
         os.replace(info.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+    def referring_runs(self, run_id: str) -> list[RunInfo]:
+        """The runs whose ``best.pt`` or ``last.pt`` takes tensors from ``run_id``'s ``best.pt``
+        (``vgg.checkpoints``), and those still training from it with frozen layers (their next
+        checkpoint will). Only runs with frozen layers can refer to another; their files' metadata
+        is read without reading their tensors."""
+        referring = []
+        for other in self.list_runs():
+            if other.run_id == run_id or other.config.get("freeze", "none") == "none":
+                continue
+            if other.status == "running":
+                if other.config.get("init") == f"run:{run_id}":
+                    referring.append(other)
+            elif any(checkpoints.refers_to(_stored_meta(other.path / f"{name}.pt"), run_id)
+                     for name in CHECKPOINT_NAMES):
+                referring.append(other)
+        return referring
+
+    def _release(self, run_id: str) -> None:
+        """Make every checkpoint that takes tensors from ``run_id`` independent of it."""
+        referring = self.referring_runs(run_id)
+        busy = [other.run_id for other in referring if other.status == "running"]
+        if busy:
+            raise RunInUseError(f"run {run_id} cannot be deleted while run {busy[0]}, which started from it "
+                                "and refers to its weights, is still training; delete it once that run ended")
+        for other in referring:
+            best, last = other.path / "best.pt", other.path / "last.pt"
+            try:
+                linked = best.is_file() and last.is_file() and os.path.samefile(best, last)
+            except OSError:
+                linked = False
+            for name in ("best", "last"):
+                path = other.path / f"{name}.pt"
+                if name == "last" and linked:
+                    if best.stat().st_ino != last.stat().st_ino:  # best.pt was rewritten: link again
+                        link_or_copy(best, last, other.run_id)
+                    continue
+                if not path.is_file():
+                    continue
+                stored = self.read_checkpoint(other.run_id, name)  # type: ignore[arg-type]
+                if not checkpoints.refers_to(stored["meta"], run_id):
+                    continue
+                label = f"{name}.pt of run {other.run_id}"
+                try:
+                    independent = checkpoints.rebase(stored, label, store=self)
+                except CheckpointError as exc:
+                    raise CheckpointError(f"run {run_id} is not deleted: {exc}") from exc
+                save_torch(path, independent, other.run_id)
+
+
+def torchvision_state(store: RunStore, run_id: str,
+                      which: CheckpointName = "best") -> dict[str, torch.Tensor]:
+    """A run's checkpoint as a full torchvision state dict (the fold expanded, references resolved:
+    ``vgg.checkpoints``): it loads with ``strict=True`` into
+    ``torchvision.models.vgg11_bn(num_classes=k)`` and its siblings (A-LRN and C into
+    ``vgg.model.build_vgg``). ``which``: "best" (default) or "last"."""
+    checkpoint = store.load_checkpoint(run_id, which)
+    meta, state = checkpoint["meta"], checkpoint["model"]
+    label = f"{which}.pt of run {run_id}"
+    try:
+        config, batch_norm = meta["config"], bool(meta["batch_norm"])
+        with torch.device("meta"):  # only the names and shapes are needed
+            model = build_vgg(config, batch_norm=batch_norm, num_classes=len(meta["classes"]))
+    except (KeyError, TypeError, VGGError) as exc:
+        raise CheckpointError(f"{label}: its meta names no model that can be built "
+                              f"({one_line(exc, 80)})") from exc
+    check_state_fits(model, state, f"{label} does not fit {model_name(config, batch_norm)}")
+    return state
+
+
+def torchvision_state_bytes(store: RunStore, run_id: str, which: CheckpointName = "best") -> bytes:
+    """``torchvision_state`` written by ``torch.save``: the file the Evaluate page's download offers."""
+    buffer = io.BytesIO()
+    torch.save(torchvision_state(store, run_id, which), buffer)
+    return buffer.getvalue()
+
+
+def _stored_meta(path: Path) -> Mapping[str, Any]:
+    """A checkpoint file's ``meta`` without reading its tensors (memory-mapped, weights only);
+    empty when the file is missing or unreadable (it cannot be loaded either way)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, corrupt, code-carrying: no reference to follow
+        return {}
+    meta = data.get("meta") if isinstance(data, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
 
 
 def _number(value: Any, default: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -24,6 +25,22 @@ def runs_dir() -> Path:
     path = Path(os.environ.get("VGG_RUNS_DIR", "runs")).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def runs_quota_bytes() -> int | None:
+    """The most the runs directory may hold before new runs are refused: ``$VGG_RUNS_QUOTA_GB``
+    gigabytes (10⁹ bytes; fractions allowed, e.g. 0.5); unset or empty: no limit."""
+    text = os.environ.get("VGG_RUNS_QUOTA_GB", "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"VGG_RUNS_QUOTA_GB is {text[:40]!r}; expected a positive number of gigabytes "
+                          "such as 4 or 0.5, or nothing for no limit")
+    return int(value * 1e9)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

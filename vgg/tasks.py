@@ -124,13 +124,13 @@ def train_task(cfg: TrainConfig, registry: DataRegistry, store: RunStore) -> Cal
         flush_denormals()  # this job's thread, before its first torch op
         ctx.publish(message="loading the data set", progress=0.0)
         splits = registry.get(cfg.data, _progress_publisher(ctx))
-        ctx.publish(extra={"classes": tuple(splits.classes)})
+        ctx.publish(extra={"classes": tuple(splits.classes),
+                           "planned_images": len(splits.train) * cfg.epochs_for(len(splits.train))})
 
         def on_event(e: Any) -> None:
             if isinstance(e, StepEvent):
                 ctx.publish(append=e, progress=e.progress,
-                            message=f"epoch {e.epoch} · step {e.step} · loss {e.loss:.3f} · "
-                                    f"{e.images_per_second:.0f} img/s")
+                            message=f"epoch {e.epoch} · step {e.step} · loss {e.loss:.3f}")
             elif isinstance(e, EpochEvent):
                 ctx.publish(append=e, message=f"epoch {e.epoch}: validation accuracy {e.val_accuracy:.1%}")
             elif isinstance(e, StatusEvent):
@@ -138,7 +138,7 @@ def train_task(cfg: TrainConfig, registry: DataRegistry, store: RunStore) -> Cal
             elif isinstance(e, DoneEvent):
                 ctx.publish(result=e.result, progress=1.0)
 
-        result = fit(cfg, store=store, splits=splits, on_event=on_event, cancel=ctx.cancel_event)
+        result = fit(cfg, store=store, splits=splits, on_event=on_event, cancel=ctx.cancel_event, owner=ctx.owner)
         ctx.publish(message=f"{result.status}: {result.message}" if result.message else result.status)
         if result.status == "diverged":
             # The run's folder says "diverged"; the job reports it as a failure with the step.

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgg import checkpoints
 from vgg.augment import BatchPipeline, iterate_batches
 from vgg.data import DataConfig, DataSplits, load_data
 from vgg.errors import ConfigError
@@ -54,6 +55,8 @@ from vgg.speedups import switch as speedups
 from vgg.speedups.features import FeaturePipeline, compute_features
 
 OPTIMIZERS = ("adam", "sgd")
+AUTO_IMAGES = 45_000  # epochs=None: about this many training images (1 epoch of CIFAR-10, 10 of the synthetic set)
+AUTO_MAX_EPOCHS = 30  # and never more epochs than this (a class's 90 own pictures)
 SCHEDULES = ("onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = DEVICE_CHOICES
@@ -85,9 +88,9 @@ class TrainConfig:
     lr: float = 3e-4
     lr_ratio: float | None = None  # discriminative ratio; None → 0.1 from pretrained, 1 from scratch
     schedule: str = "onecycle"  # "onecycle" (Smith 2018) or "constant" (as the notebook)
-    epochs: int = 2  # passes over the training images
+    epochs: int | None = None  # passes over the training images; None: auto (about AUTO_IMAGES images)
     batch_size: int = 128  # images per step
-    data: DataConfig = field(default_factory=lambda: DataConfig(images_per_class=500))
+    data: DataConfig = field(default_factory=DataConfig)  # every image of the data set
     input_size: int | None = None  # model input; None → the data's size (upsampled per batch if larger)
     augment: bool = True  # rotation ±5°, horizontal flip, random crop with padding
     seed: int = 0  # seeds the model's initialisation, the batch order and the augmentation
@@ -96,6 +99,9 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop after this many seconds (the schedule fits into it)
     weight_decay: float = 0.0  # L2 penalty (0 as the notebook)
     momentum: float = 0.9  # SGD momentum
+    label_smoothing: float = 0.0  # share of each target spread over the other classes (0 as the notebook)
+    dropout: float = 0.0  # of the classifier's two Dropout layers: 0.5 in torchvision (and the notebook)
+    tta: bool = False  # test-time augmentation: validation and test answers averaged with the mirror image's
     speedups: bool = True  # the fast path of vgg.speedups; False runs the plain lesson path
 
     def __post_init__(self) -> None:
@@ -118,7 +124,8 @@ class TrainConfig:
         _check_range("learning rate", self.lr, 0.0, 10.0, low_open=True)
         if self.lr_ratio is not None:
             _check_range("discriminative ratio", self.lr_ratio, 0.0, 1.0, low_open=True)
-        _check_range("epochs", self.epochs, 1, 1000)
+        if self.epochs is not None:
+            _check_range("epochs", self.epochs, 1, 1000)
         _check_range("batch size", self.batch_size, 1, 4096)
         if self.input_size is not None:
             _check_range("input size", self.input_size, 32, 512)
@@ -126,6 +133,9 @@ class TrainConfig:
             _check_range("time budget (s)", self.time_budget_s, 0.0, 7 * 24 * 3600.0, low_open=True)
         _check_range("weight decay", self.weight_decay, 0.0, 1.0)
         _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("label smoothing", self.label_smoothing, 0.0, 0.5)
+        if not 0.0 <= self.dropout < 1.0 or math.isnan(self.dropout):
+            raise ConfigError(f"dropout {self.dropout!r} is out of range; allowed [0, 1)")
         if not isinstance(self.data, DataConfig):
             raise ConfigError("data must be a DataConfig")
 
@@ -143,6 +153,21 @@ class TrainConfig:
     def model_input_size(self) -> int:
         return self.input_size or self.data.input_size
 
+    def epochs_for(self, n_train: int) -> int:
+        """The epochs this run trains on ``n_train`` images: ``epochs``, or when it is None (auto)
+        about ``AUTO_IMAGES`` images seen: more of the data set seen fewer times trains a network
+        faster than a small part seen often, so a large set gets one epoch and a small one several."""
+        if self.epochs is not None:
+            return self.epochs
+        return min(AUTO_MAX_EPOCHS, max(1, round(AUTO_IMAGES / max(n_train, 1))))
+
+    @property
+    def epochs_label(self) -> str:
+        """"3 epochs", "1 epoch" or "auto epochs"."""
+        if self.epochs is None:
+            return "auto epochs"
+        return f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+
     @property
     def start(self) -> str:
         """Where the weights start, in one word: "scratch", "imagenet", "run" or "file"."""
@@ -155,7 +180,7 @@ class TrainConfig:
         model = f"{self.config}{'-BN' if self.batch_norm else ''} · {self.start}"
         if kind == "lr_find":
             return f"LR range test · {model}"
-        return f"Training · {model} · {self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+        return f"Training · {model} · {self.epochs_label}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -171,6 +196,17 @@ class TrainConfig:
             data["data_dir"] = Path(data["data_dir"])
         known = {f for f in cls.__dataclass_fields__}
         return cls(data=DataConfig(**data), **{k: v for k, v in d.items() if k in known})
+
+
+def notebook_recipe(data: DataConfig | None = None) -> TrainConfig:
+    """The classic notebook's recipe, as a choice beside the defaults: VGG11-BN from ImageNet weights,
+    224 px inputs, Adam at 5e-4 with the features at a tenth of it, a constant learning rate, five
+    epochs, dropout 0.5 and no label smoothing. Meant for a GPU: on a CPU an epoch of CIFAR-10 at
+    224 px takes hours."""
+    return TrainConfig(config="A", batch_norm=True, init="imagenet", freeze="none", optimizer="adam", lr=5e-4,
+                       lr_ratio=0.1, schedule="constant", epochs=5, batch_size=128, input_size=224,
+                       augment=True, dropout=0.5, label_smoothing=0.0, tta=False,
+                       data=data if data is not None else DataConfig())
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,13 +247,13 @@ class Diverged(Exception):
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               autocast_dtype: torch.dtype | None) -> tuple[float, int]:
+               autocast_dtype: torch.dtype | None, label_smoothing: float = 0.0) -> tuple[float, int]:
     """One optimiser step; returns (loss, number of correct predictions)."""
     # Gradients freed before the forward pass: they need not live beside its activations (the peak).
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     loss.backward()
     optimizer.step()
     correct = int((logits.detach().argmax(1) == y).sum())
@@ -238,6 +274,7 @@ class Training:
     cancel: threading.Event
     generator: torch.Generator
     total_steps: int
+    epochs: int = 1  # planned (TrainConfig.epochs_for the training images)
     t0: float = field(default_factory=time.perf_counter)
     step: int = 0
     images_seen: int = 0
@@ -251,6 +288,12 @@ class Training:
     @property
     def model(self) -> nn.Module:
         return self.prepared.model
+
+    @property
+    def flip_tta(self) -> bool:
+        """Test-time flips need images: not on cached features (they are not computed with augmentation
+        either)."""
+        return self.cfg.tta and not isinstance(self.pipeline, FeaturePipeline)
 
     def progress(self) -> float:
         p = self.step / self.total_steps
@@ -297,8 +340,9 @@ def start_training(cfg: TrainConfig, splits: DataSplits, prepared: Prepared, *,
         net = speedups.training_net(model, optimizer, map_side=max(1, cfg.model_input_size // 32),
                                     weight_decay=cfg.weight_decay, cached_features=cached)
     steps_per_epoch = max(1, math.ceil(len(splits.train) / cfg.batch_size))
+    epochs = cfg.epochs_for(len(splits.train))
     return Training(cfg, splits, prepared, net, optimizer, pipeline, emit, cancel or threading.Event(),
-                    torch.Generator().manual_seed(cfg.seed), steps_per_epoch * cfg.epochs)
+                    torch.Generator().manual_seed(cfg.seed), steps_per_epoch * epochs, epochs=epochs)
 
 
 def train_epoch(t: Training, epoch: int) -> tuple[float, float, bool]:
@@ -315,7 +359,7 @@ def train_epoch(t: Training, epoch: int) -> tuple[float, float, bool]:
         lr = set_lr(t.optimizer, t.lr_factor())
         x = t.pipeline(images, t.generator)
         y = labels.to(t.prepared.device)
-        loss, ok = train_step(t.net, t.optimizer, x, y, t.prepared.autocast_dtype)
+        loss, ok = train_step(t.net, t.optimizer, x, y, t.prepared.autocast_dtype, t.cfg.label_smoothing)
         dt = time.perf_counter() - start
         t.step += 1
         if not math.isfinite(loss):
@@ -338,18 +382,25 @@ def model_state(t: Training) -> dict[str, torch.Tensor]:
 
 
 def end_epoch(t: Training, epoch: int, train_loss: float, train_accuracy: float, started: float) -> None:
-    """Validation, the checkpoint, and the best epoch so far (lowest validation loss) kept aside."""
-    val = evaluate(t.net, t.splits.val, t.pipeline, autocast_dtype=t.prepared.autocast_dtype, cancel=t.cancel)
+    """Validation, the checkpoint, and the best epoch so far (lowest validation loss) kept aside.
+
+    The checkpoint stores what the run can use exactly (``vgg.checkpoints.pack``): the first Linear
+    folded on 1×1 maps, and no copy of what a frozen run refers to; loading expands it again."""
+    val = evaluate(t.net, t.splits.val, t.pipeline, autocast_dtype=t.prepared.autocast_dtype, cancel=t.cancel,
+                   flip=t.flip_tta)
     is_best = t.best_val_loss is None or val.loss < t.best_val_loss
     state = model_state(t)
     meta = {"config": t.cfg.config, "batch_norm": t.cfg.batch_norm, "num_classes": len(t.prepared.classes),
             "classes": list(t.prepared.classes), "mean": list(t.prepared.mean), "std": list(t.prepared.std),
             "input_size": t.cfg.model_input_size, "epoch": epoch, "val_loss": val.loss,
             "val_accuracy": val.accuracy}
-    t.emit(CheckpointEvent(epoch, state, meta, is_best))
+    stored, stored_meta = checkpoints.pack(state, meta, base=t.prepared.base)
+    t.emit(CheckpointEvent(epoch, stored, stored_meta, is_best))
     if is_best:
         t.best_val_loss, t.best_val_accuracy = val.loss, val.accuracy
-        t.best_state = {k: v.clone() for k, v in state.items()}  # ``state`` shares the live weights
+        # A copy (``state`` shares the live weights) of what best.pt stands for: the test set is evaluated
+        # on exactly the weights every later reader loads.
+        t.best_state = checkpoints.as_stored(state, meta)
     t.epochs_done = epoch
     t.emit(EpochEvent(epoch, train_loss, train_accuracy, val.loss, val.accuracy, time.perf_counter() - started,
                       t.images_seen, time.perf_counter() - t.t0, is_best,
@@ -374,7 +425,8 @@ def test_best(t: Training) -> Predictions | None:
     t.model.load_state_dict(t.best_state)
     speedups.reload_weights(t.net)
     t.emit(StatusEvent("evaluating the best checkpoint on the test set"))
-    test = evaluate(t.net, t.splits.test, t.pipeline, autocast_dtype=t.prepared.autocast_dtype, keep_hidden=True)
+    test = evaluate(t.net, t.splits.test, t.pipeline, autocast_dtype=t.prepared.autocast_dtype, keep_hidden=True,
+                    flip=t.flip_tta)
     predictions = Predictions.from_eval(test, t.prepared.classes)
     if len(predictions):
         t.emit(TestEvent(predictions, t.step, t.epochs_done, t.images_seen))
@@ -383,7 +435,7 @@ def test_best(t: Training) -> Predictions | None:
 
 def run_epochs(t: Training) -> tuple[str, str]:
     """Epoch after epoch until done, stopped, out of time or diverged: (status, message)."""
-    for epoch in range(1, t.cfg.epochs + 1):
+    for epoch in range(1, t.epochs + 1):
         started = time.perf_counter()
         try:
             train_loss, train_accuracy, complete = train_epoch(t, epoch)
@@ -401,18 +453,21 @@ def run_epochs(t: Training) -> tuple[str, str]:
 
 def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None,
         on_event: EventCallback | None = None, cancel: threading.Event | None = None,
-        runs_root: Path | None = None) -> TrainResult:
+        runs_root: Path | None = None, owner: str | None = None) -> TrainResult:
     """Train ``cfg`` end to end and return its result.
 
     ``on_event`` gets every event (``vgg.events``); with ``store`` (a ``RunStore``) a
     ``RunRecorder`` listens too and writes a run folder. ``splits`` may be passed in (already
-    loaded data); otherwise the data are loaded here. Errors before training starts propagate; a
-    run that started always ends with a status in its folder.
+    loaded data); otherwise the data are loaded here. ``owner`` (who started it, in a class) is
+    kept in the run's config.json. Errors before training starts propagate; a run that started
+    always ends with a status in its folder.
     """
     from vgg.runs import RunRecorder
 
     if cfg.speedups:
         flush_denormals()  # (the callers' threads set it first thing already; this covers direct calls)
+    if store is not None:
+        store.check_quota()  # before minutes of loading data (StartEvent's folder checks it again)
     recorder = RunRecorder(store) if store is not None else None
     listeners = [listener for listener in (recorder, on_event) if listener is not None]
 
@@ -427,7 +482,7 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
         emit(StatusEvent("loading the starting weights"))
     prepared = prepare_model(cfg, tuple(splits.classes), tuple(splits.mean), tuple(splits.std),
                              runs_root=runs_root or (Path(store.root) if store is not None else None))
-    emit(StartEvent(run_config(cfg, splits, prepared), run_name(cfg)))
+    emit(StartEvent(run_config(cfg, splits, prepared) | ({"owner": owner} if owner else {}), run_name(cfg)))
     run_id = recorder.run_id if recorder is not None else None
     if run_id is not None:
         emit(StatusEvent("training", 0.0, run_id=run_id))
@@ -445,7 +500,7 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
         test_accuracy=best.accuracy if best is not None and len(best) else None,
         seconds=time.perf_counter() - t.t0,
         images_per_second=t.images_seen / t.train_seconds if t.train_seconds else 0.0,
-        classes=prepared.classes)
+        classes=prepared.classes, epochs_planned=t.epochs)
     emit(DoneEvent(result))
     return result
 
@@ -453,6 +508,7 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
 def run_config(cfg: TrainConfig, splits: DataSplits, prepared: Prepared) -> dict[str, Any]:
     """What a run's config.json holds: the TrainConfig and the facts of its data and model."""
     return cfg.to_dict() | {
+        "epochs_planned": cfg.epochs_for(len(splits.train)),
         "classes": list(splits.classes), "init_note": prepared.init_note, "mean": list(prepared.mean),
         "std": list(prepared.std), "train_images": len(splits.train), "val_images": len(splits.val),
         "test_images": len(splits.test), "device": str(prepared.device),

@@ -1,7 +1,8 @@
 """``python -m vgg``: the command line over the same engine and run folders as the app.
 
 Subcommands: ``summary``, ``lr-find``, ``train``, ``evaluate RUN``, ``predict RUN_OR_CHECKPOINT
-IMAGE...`` and ``runs``. ``python -m vgg <command> --help`` lists each one's options.
+IMAGE...``, ``export RUN --format {pt,onnx} -o FILE``, ``runs`` and ``dataset``.
+``python -m vgg <command> --help`` lists each one's options.
 
 The library never prints; this package owns all output. ``parser`` builds the command line from
 the config dataclasses, ``commands`` does the work and returns one result object per command,

@@ -27,9 +27,30 @@ from vgg.cli.common import (
 )
 from vgg.cli.progress import Cancelled, Interrupted, Progress, run_cancellable
 from vgg.data import DataSplits
+from vgg.datasets import (
+    AddReport,
+    DatasetInfo,
+    add_pictures,
+    create_set,
+    delete_set,
+    export_zip_to,
+    format_size,
+    list_sets,
+    set_info,
+)
 from vgg.errors import CheckpointError, VGGError, one_line
 from vgg.evaluate import Predictions, evaluate_loaded, load_run_predictions
 from vgg.events import DoneEvent, EpochEvent, StatusEvent, StepEvent, TrainResult
+from vgg.export import (
+    FORMAT_NAMES,
+    ONNX_INPUT,
+    ONNX_OPSET,
+    ONNX_OUTPUT,
+    Export,
+    check_destination,
+    export_run,
+    write_export,
+)
 from vgg.images import open_image
 from vgg.inference import TOP_K, load_model, predict, run_data_config
 from vgg.lr_finder import LRFinderConfig, LRFinderResult, LRFinderStep, find_lr_for
@@ -85,7 +106,10 @@ class LRFindOutcome(Result):
 
     def json(self) -> dict[str, Any]:
         r = self.result
-        return {"suggestions": self.suggestions(),
+        recommended = self.result.recommended
+        return {"recommended": recommended.lr if recommended else None,
+                "recommended_rule": recommended.rule if recommended else None,
+                "suggestions": self.suggestions(),
                 "explanations": {rule: (s.explanation if s is not None else None)
                                  for rule, s in r.suggestions.items()},
                 "lrs": list(r.lrs), "losses": list(r.losses), "smoothed": list(r.smoothed),
@@ -103,9 +127,10 @@ class LRFindOutcome(Result):
                 lines.append(f"  {rule:<10} –         not enough points for this rule")
             else:
                 lines.append(f"  {rule:<10} {suggestion.lr:.2e}  {suggestion.explanation}")
-        chosen = next((lr for lr in self.suggestions().values() if lr is not None), None)
-        if chosen is not None:
-            lines.append(f"Train with one of them, e.g. python -m vgg train --lr {chosen:.1e}")
+        recommended = r.recommended
+        if recommended is not None:
+            lines.append(f"Recommended: {recommended.lr:.2e} ({recommended.explanation})")
+            lines.append(f"Train with it: python -m vgg train --lr {recommended.lr:.1e}")
         return "\n".join(lines) + "\n"
 
 
@@ -165,14 +190,14 @@ class TrainOutcome(Result):
                 "best_val_accuracy": r.best_val_accuracy, "best_val_loss": r.best_val_loss,
                 "test_accuracy": r.test_accuracy, "test_loss": r.test_loss, "seconds": r.seconds,
                 "images_per_second": r.images_per_second, "epochs": r.epochs_done,
-                "epochs_planned": self.cfg.epochs, "steps": r.steps, "classes": list(r.classes),
+                "epochs_planned": r.epochs_planned, "steps": r.steps, "classes": list(r.classes),
                 "run_dir": self.run_dir, "config": self.cfg.to_dict(), "data": data_summary(self.splits)}
 
     def text(self) -> str:
         r = self.result
         why = f" ({r.message})" if r.message and r.message != r.status else ""
         lines = [f"run {r.run_id}: {r.status}{why}",
-                 f"  epochs {r.epochs_done}/{self.cfg.epochs} · {r.steps} steps · {r.seconds:.1f} s · "
+                 f"  epochs {r.epochs_done}/{r.epochs_planned} · {r.steps} steps · {r.seconds:.1f} s · "
                  f"{r.images_per_second:.0f} images/s",
                  f"  best validation accuracy {percent(r.best_val_accuracy)} (loss {number(r.best_val_loss, '.3f')})",
                  f"  test accuracy {percent(r.test_accuracy)} (loss {number(r.test_loss, '.3f')})"]
@@ -191,7 +216,7 @@ def cmd_train(args: argparse.Namespace, err: TextIO) -> TrainOutcome:
 
     def on_event(event: Any) -> None:
         if isinstance(event, StepEvent):
-            bar.update(event.progress, f"epoch {event.epoch}/{cfg.epochs} · step {event.step} · "
+            bar.update(event.progress, f"epoch {event.epoch} · step {event.step} · "
                                        f"loss {event.loss:.3f} · {event.images_per_second:.0f} img/s")
         elif isinstance(event, EpochEvent):
             best = "  (best so far)" if event.is_best else ""
@@ -373,6 +398,60 @@ def cmd_predict(args: argparse.Namespace, err: TextIO) -> PredictResult:
 
 
 # ============================================================================================
+# export
+
+
+@dataclass
+class ExportResult(Result):
+    export: Export
+    path: Path
+
+    def json(self) -> dict[str, Any]:
+        e, info = self.export, self.export.info
+        data: dict[str, Any] = {
+            "run_id": info.run_id, "format": e.fmt, "path": self.path, "bytes": len(e.data),
+            "seconds": e.seconds, "model": info.model, "config": info.config, "batch_norm": info.batch_norm,
+            "torchvision_name": info.torchvision_name, "classes": list(info.classes),
+            "input_size": info.input_size, "mean": list(info.mean), "std": list(info.std)}
+        if e.fmt == "onnx":
+            data.update(opset=ONNX_OPSET, input=ONNX_INPUT, output=ONNX_OUTPUT)
+        return data
+
+    def text(self) -> str:
+        e, info = self.export, self.export.info
+        size = info.input_size
+        lines = [f"wrote {info.model} of run {info.run_id} as {FORMAT_NAMES[e.fmt]} to {self.path} "
+                 f"({len(e.data) / 1e6:.1f} MB, {e.seconds:.1f} s)"]
+        if e.fmt == "pt":
+            build = (f"torchvision.models.{info.torchvision_name}(num_classes={len(info.classes)})"
+                     if info.torchvision_name else
+                     f"vgg.model.build_vgg({info.config!r}, batch_norm={info.batch_norm}, "
+                     f"num_classes={len(info.classes)})")
+            lines.append(f"  load it: model = {build}; "
+                         f"model.load_state_dict(torch.load({str(self.path)!r}, weights_only=True))")
+        else:
+            lines.append(f"  input {ONNX_INPUT!r}: float32 (N, 3, {size}, {size}) · output {ONNX_OUTPUT!r}: "
+                         f"(N, {len(info.classes)}) · opset {ONNX_OPSET} · classes, input size, mean and std "
+                         "are in the file's metadata")
+        lines += [f"  input: RGB {size}×{size} / 255, minus mean {_triple(info.mean)}, divided by std "
+                  f"{_triple(info.std)}",
+                  f"  classes in output order: {', '.join(info.classes)}"]
+        return "\n".join(lines) + "\n"
+
+
+def _triple(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def cmd_export(args: argparse.Namespace, err: TextIO) -> ExportResult:
+    store = RunStore(dirs_of(args).runs)
+    store.get(args.run)  # an unknown run before a bad destination
+    check_destination(store, args.output)  # before the slow part
+    exported = export_run(store, args.run, args.format)
+    return ExportResult(exported, write_export(exported, args.output, store=store))
+
+
+# ============================================================================================
 # runs
 
 
@@ -383,7 +462,7 @@ def run_row(info: RunInfo) -> dict[str, Any]:
     return {"run_id": info.run_id, "status": info.status, "message": info.message,
             "config": config.get("config"), "batch_norm": config.get("batch_norm"),
             "init": config.get("init"), "dataset": data.get("source"), "input_size": data.get("input_size"),
-            "epochs": config.get("epochs"), "epochs_done": summary.get("epochs_done"),
+            "epochs": config.get("epochs_planned") or config.get("epochs"), "epochs_done": summary.get("epochs_done"),
             "best_val_accuracy": summary.get("best_val_accuracy"), "test_accuracy": summary.get("test_accuracy"),
             "created_at": datetime.fromtimestamp(info.created_at).isoformat(timespec="seconds"),
             "path": info.path, "has_best": info.has_best, "has_predictions": info.has_predictions}
@@ -418,7 +497,79 @@ def cmd_runs(args: argparse.Namespace, err: TextIO) -> RunsResult:
     return RunsResult(store.root, [run_row(info) for info in store.list_runs()])
 
 
+# ============================================================================================
+# dataset
+
+
+def _pictures(n: int) -> str:
+    return f"{n:,} picture{'' if n == 1 else 's'}"
+
+
+def dataset_row(info: DatasetInfo) -> dict[str, Any]:
+    return {"name": info.name, "pictures": info.pictures, "bytes": info.bytes, "version": info.version,
+            "path": info.path, "classes": [{"name": c.name, "pictures": c.pictures, "bytes": c.bytes}
+                                           for c in info.classes]}
+
+
+@dataclass
+class DatasetResult(Result):
+    """What a ``dataset`` action did: one sentence, the data sets it shows, and an add's report."""
+
+    action: str
+    message: str
+    datasets: list[DatasetInfo]
+    report: AddReport | None = None
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"action": self.action, "message": self.message,
+                                "datasets": [dataset_row(info) for info in self.datasets]}
+        if self.report is not None:
+            data.update(added=self.report.added, new_classes=list(self.report.new_classes),
+                        skipped=[{"file": f, "reason": r} for f, r in self.report.skipped])
+        return data
+
+    def text(self) -> str:
+        lines = [self.message] if self.message else []
+        for info in self.datasets:
+            lines.append(f"{info.name}: {len(info.classes)} classes · {_pictures(info.pictures)} · "
+                         f"{format_size(info.bytes)} · version {info.version}")
+            width = max((len(c.name) for c in info.classes), default=5)
+            lines += [f"  {c.name:<{width}}  {_pictures(c.pictures):>14}  {format_size(c.bytes):>9}"
+                      for c in info.classes]
+        return "\n".join(lines) + "\n"
+
+
+def cmd_dataset(args: argparse.Namespace, err: TextIO) -> DatasetResult:
+    data = dirs_of(args).data
+    if args.action == "create":
+        info = create_set(args.name, args.classes)
+        return DatasetResult("create", f"created data set {info.name!r} in {info.path}; add pictures with: "
+                             f"python -m vgg dataset add {info.name!r} CLASS FILE...", [info])
+    if args.action == "add":
+        report = add_pictures(args.name, args.class_name, [(f, Path(f)) for f in args.files])
+        info = set_info(args.name)
+        new = f" (new classes: {', '.join(report.new_classes)})" if report.new_classes else ""
+        skipped = f"; skipped {len(report.skipped)} file(s)" if report.skipped else ""
+        message = f"added {_pictures(report.added)} to {info.name!r}{new}{skipped}"
+        result = DatasetResult("add", message, [info], report)
+        if not args.json:
+            result.errors += [f"warning: {one_line(reason, 300)} (skipped)" for _, reason in report.skipped]
+        if report.added == 0:
+            result.errors.append(f"error: no picture was added to {info.name!r}")
+            result.exit_code = EXIT_ERROR
+        return result
+    if args.action == "list":
+        sets = list(list_sets())
+        empty = f"no data sets in {data} yet; make one with: python -m vgg dataset create NAME --classes A B"
+        return DatasetResult("list", "" if sets else empty, sets)
+    if args.action == "export":
+        path = export_zip_to(args.name, Path(args.output))
+        return DatasetResult("export", f"wrote {path}", [set_info(args.name)])
+    delete_set(args.name)
+    return DatasetResult("delete", f"deleted data set {args.name.strip()!r}", [])
+
+
 COMMANDS: Mapping[str, Any] = {
     "summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "runs": cmd_runs,
+    "predict": cmd_predict, "export": cmd_export, "runs": cmd_runs, "dataset": cmd_dataset,
 }

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from vgg.datasets import MAX_CLASSES, MIN_CLASSES
 from vgg.errors import one_line
+from vgg.export import FORMATS, ONNX_OPSET
 from vgg.lr_finder import LRFinderConfig
 from vgg.model import CONFIG_NAMES, FREEZE_MODES
 from vgg.settings import DEVICE_CHOICES
@@ -24,6 +26,9 @@ EXAMPLES = """examples:
   python -m vgg runs
   python -m vgg evaluate <run id>
   python -m vgg predict <run id> photo.jpg
+  python -m vgg export <run id> --format onnx -o model.onnx
+  python -m vgg dataset create fruit --classes apple banana cherry
+  python -m vgg dataset add fruit apple photo.jpg more_fruit.zip
 
 'python -m vgg COMMAND --help' lists a command's options; add --json for one JSON object on stdout."""
 
@@ -138,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pages show it too). Ctrl-C stops the run cleanly.")
     _add_model_and_data(p)
     p.add_argument("--epochs", type=int, default=TRAIN.epochs,
-                   help=f"passes over the training images (default {TRAIN.epochs})")
+                   help="passes over the training images (default: auto, about 45,000 images: "
+                        "1 epoch of CIFAR-10, 10 of the synthetic set)")
     p.add_argument("--schedule", default=TRAIN.schedule, choices=SCHEDULES,
                    help=f"one-cycle with --lr as the peak, or a constant lr (default {TRAIN.schedule})")
     p.add_argument("--time-budget", type=float, default=TRAIN.time_budget_s, metavar="SECONDS",
@@ -165,7 +171,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dirs(p)
     _add_json(p)
 
+    p = sub.add_parser("export", help="write a run's best model as a file to take home",
+                       description="Write a run's best model as a file that runs without this app: a "
+                                   "torchvision state dict (pt) or ONNX (onnx). What the model expects "
+                                   "(classes, input size, mean, std) is printed, and stored in the ONNX "
+                                   "file's metadata.")
+    p.add_argument("run", metavar="RUN", help="run id (see 'python -m vgg runs')")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="pt: state dict for torchvision.models.<name>(num_classes=K), loads with "
+                        f"strict=True; onnx: opset {ONNX_OPSET}, input 'image' (N, 3, S, S), output 'logits'")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="the file to write (replaced if it exists; never a file inside a run folder)")
+    _add_dirs(p, data=False)
+    _add_json(p)
+
     p = sub.add_parser("runs", help="list the training runs", description="The runs in the runs directory.")
     _add_dirs(p, data=False)
     _add_json(p)
+
+    _add_dataset_commands(sub)
     return parser
+
+
+def _add_dataset_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dataset create|add|list|export|delete``: a class's own data sets (``vgg.datasets``)."""
+    p = sub.add_parser("dataset", help="a class's own data sets: create, add pictures, list, export, delete",
+                       description="A class's own data sets: image folders <data dir>/NAME/CLASS/*.jpg "
+                                   "that 'train --dataset NAME' and every page read. Pictures are checked "
+                                   "and stored as JPEGs of at most 1024 px without metadata.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, what: str) -> argparse.ArgumentParser:
+        q = actions.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+        q.add_argument("--data-dir", metavar="DIR", help="data directory (default $VGG_DATA_DIR or ./data)")
+        _add_json(q)
+        return q
+
+    q = action("create", "make an empty data set with its classes")
+    q.add_argument("name", metavar="NAME", help="letters, digits, spaces, '-' and '_'")
+    q.add_argument("--classes", nargs="+", required=True, metavar="CLASS",
+                   help=f"{MIN_CLASSES} to {MAX_CLASSES} class names")
+    q = action("add", "add pictures and zips of class folders to a data set")
+    q.add_argument("name", metavar="NAME", help="the data set")
+    q.add_argument("class_name", metavar="CLASS",
+                   help="the class of the pictures (and of the pictures at the top level of a zip)")
+    q.add_argument("files", metavar="FILE_OR_ZIP", nargs="+",
+                   help="pictures (JPEG, PNG, ...) and zips; a zip's class folders become classes")
+    action("list", "list the data sets with their classes and picture counts")
+    q = action("export", "write a data set as a zip of class folders")
+    q.add_argument("name", metavar="NAME", help="the data set")
+    q.add_argument("-o", "--output", required=True, metavar="FILE.zip", help="the zip file to write")
+    q = action("delete", "delete a data set and all its pictures")
+    q.add_argument("name", metavar="NAME", help="the data set")

@@ -106,6 +106,7 @@ class DataConfig:
     source: str = "synthetic"  # "cifar10", "synthetic", or an image folder inside the data dir
     input_size: int = 32  # side of the square images the network sees, 32..512
     images_per_class: int | None = None  # cap per class for short classroom runs; None = all
+    cap_test: bool = True  # images_per_class also caps the test set; False keeps every test image
     val_fraction: float = 0.1  # share of the training images held out for validation, (0, 0.5]
     seed: int = 0  # seeds the validation split and the images-per-class pick
     data_dir: Path | None = None  # None → settings.data_dir() ($VGG_DATA_DIR, default ./data)

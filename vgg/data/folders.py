@@ -201,7 +201,8 @@ def load_folder(
     all_rows = scan.files["train"] + (scan.files.get("test") or []) + val_rows
     if cfg.images_per_class is not None:
         train_rows = _pick(train_rows, take_per_class(_labels_of(train_rows), cfg.images_per_class, cfg.seed))
-        test_rows = _pick(test_rows, take_per_class(_labels_of(test_rows), cfg.images_per_class, TEST_SEED))
+        if cfg.cap_test:
+            test_rows = _pick(test_rows, take_per_class(_labels_of(test_rows), cfg.images_per_class, TEST_SEED))
         val_rows = _pick(val_rows, take_per_class(_labels_of(val_rows), cfg.images_per_class, TEST_SEED))
 
     decoded, skipped, from_cache, n_decoded, cache_warning = _decoded_images(

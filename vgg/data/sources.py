@@ -56,7 +56,7 @@ def load_data(cfg: DataConfig, progress: ProgressFn | None = None) -> DataSplits
 def _load_synthetic(cfg: DataConfig) -> DataSplits:
     start = time.perf_counter()
     n_train = cfg.images_per_class or SYNTHETIC_TRAIN_PER_CLASS
-    n_test = min(SYNTHETIC_TEST_PER_CLASS, cfg.images_per_class or SYNTHETIC_TEST_PER_CLASS)
+    n_test = min(SYNTHETIC_TEST_PER_CLASS, (cfg.cap_test and cfg.images_per_class) or SYNTHETIC_TEST_PER_CLASS)
     train_images, train_labels = generate_shapes(n_train, cfg.input_size, seed=SYNTHETIC_SEED)
     test_images, test_labels = generate_shapes(n_test, cfg.input_size, seed=SYNTHETIC_SEED + 1)
     report = ReadReport(decoded=len(train_labels) + len(test_labels), seconds=time.perf_counter() - start)
@@ -94,8 +94,9 @@ def _load_cifar10(cfg: DataConfig, progress: ProgressFn | None) -> DataSplits:
     if cfg.images_per_class is not None:
         keep = take_per_class(train_labels, cfg.images_per_class, cfg.seed)
         train_images, train_labels = train_images[keep], train_labels[keep]
-        keep = take_per_class(test_labels, cfg.images_per_class, TEST_SEED)
-        test_images, test_labels = test_images[keep], test_labels[keep]
+        if cfg.cap_test:
+            keep = take_per_class(test_labels, cfg.images_per_class, TEST_SEED)
+            test_images, test_labels = test_images[keep], test_labels[keep]
     _check_memory(len(train_labels) + len(test_labels), cfg.input_size)
     train = TensorData(resize_images(train_images, cfg.input_size), train_labels)
     test = TensorData(resize_images(test_images, cfg.input_size), test_labels)

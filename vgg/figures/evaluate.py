@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from vgg.figures import add_chance
+
 # Ten well-separated colours (Tableau 10), then plotly's defaults for more classes.
 CLASS_COLORS: tuple[str, ...] = (
     "#4e79a7",
@@ -41,14 +43,15 @@ def class_color(index: int) -> str:
 
 
 def per_class_figure(table: pd.DataFrame, *, overall: float | None = None) -> go.Figure:
-    """Accuracy per class (columns ``class``, ``images``, ``correct``, ``accuracy``) and the overall line."""
+    """Accuracy per class (columns ``class``, ``images``, ``correct``, ``accuracy``), the overall
+    accuracy and chance; their labels sit in the right margin, clear of the bars' labels."""
     fig = go.Figure(
         go.Bar(
             x=table["class"],
             y=table["accuracy"],
             marker_color=[class_color(i) for i in range(len(table))],
             customdata=table[["correct", "images"]].to_numpy(),
-            texttemplate="%{y:.0%}",
+            texttemplate="%{y:.1%}",
             textposition="outside",
             hovertemplate="%{x}: %{y:.1%} (%{customdata[0]} of %{customdata[1]})<extra></extra>",
         )
@@ -59,12 +62,13 @@ def per_class_figure(table: pd.DataFrame, *, overall: float | None = None) -> go
             line_dash="dash",
             line_color="#555",
             annotation_text=f"overall {overall:.1%}",
-            annotation_position="top left",
+            annotation_position="right",
         )
+    add_chance(fig, 1 / len(table) if len(table) else None, position="right")
     fig.update_layout(
         title="Test accuracy per class",
         height=360,
-        margin=MARGIN,
+        margin={**MARGIN, "r": 100},
         showlegend=False,
         yaxis={"title": "accuracy", "range": [0, 1.12], "tickformat": ".0%"},
         xaxis={"title": None, "tickangle": -30 if len(table) > 8 else 0},

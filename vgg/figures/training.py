@@ -18,15 +18,19 @@ from plotly.subplots import make_subplots
 
 from vgg.compare import ema
 from vgg.events import EpochEvent, StepEvent
+from vgg.figures import add_chance
 
 RAW_COLOR = "rgba(76, 120, 168, 0.35)"
 SMOOTH_COLOR = "#4c78a8"
 TRAIN_COLOR = "#4c78a8"
 VAL_COLOR = "#f58518"
 LR_COLOR = "#54a24b"
-MARK_COLORS: dict[str, str] = {"steepest": "#e45756", "valley": "#54a24b", "min_div10": "#b279a2"}
-MARK_SYMBOLS: dict[str, str] = {"steepest": "diamond", "valley": "star", "min_div10": "triangle-down"}
-MARK_TEXT: dict[str, str] = {"steepest": "top right", "valley": "top left", "min_div10": "bottom right"}
+MARK_COLORS: dict[str, str] = {"recommended": "#1a7f37", "steepest": "#e45756", "valley": "#54a24b",
+                               "min_div10": "#b279a2"}
+MARK_SYMBOLS: dict[str, str] = {"recommended": "circle", "steepest": "diamond", "valley": "star",
+                                "min_div10": "triangle-down"}
+MARK_TEXT: dict[str, str] = {"recommended": "bottom left", "steepest": "top right", "valley": "top left",
+                             "min_div10": "bottom right"}
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 LEGEND = {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"}
 
@@ -121,6 +125,7 @@ def step_curves_figure(
     *,
     smoothing: float = 0.6,
     epoch_starts: Sequence[int] = (),
+    chance: float | None = None,
 ) -> go.Figure:
     """Per-step training loss and accuracy (raw faint, EMA bold) and the learning rate, side by side.
 
@@ -155,6 +160,7 @@ def step_curves_figure(
     fig.add_scatter(x=x, y=kept(lrs), mode="lines", name="lr", showlegend=False,
                     line={"color": LR_COLOR, "width": 2}, row=1, col=3)
     fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=2)
+    add_chance(fig, chance, row=1, col=2)
     fig.update_yaxes(exponentformat="e", row=1, col=3)
     fig.update_xaxes(title_text="step", dtick=1 if len(x) <= 10 else None)  # no "step 1.5"
     fig.update_layout(height=300, margin=MARGIN, uirevision="steps")
@@ -167,8 +173,10 @@ def epoch_curves_figure(
     val_loss: Sequence[float],
     train_accuracy: Sequence[float],
     val_accuracy: Sequence[float],
+    *,
+    chance: float | None = None,
 ) -> go.Figure:
-    """Per-epoch training against validation: loss (left) and accuracy (right)."""
+    """Per-epoch training against validation: loss (left) and accuracy (right), the legend below."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss per epoch", "accuracy per epoch"),
                         horizontal_spacing=0.08)
     x = list(epochs)
@@ -179,7 +187,9 @@ def epoch_curves_figure(
                         showlegend=col == 1, line={"color": VAL_COLOR}, row=1, col=col)
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=2)
-    fig.update_layout(height=300, margin=MARGIN, legend=LEGEND, uirevision="epochs")
+    add_chance(fig, chance, row=1, col=2)
+    fig.update_layout(height=320, margin={**MARGIN, "b": 40}, uirevision="epochs",
+                      legend={"orientation": "h", "y": -0.3, "x": 0.5, "xanchor": "center"})
     return fig
 
 
@@ -246,15 +256,16 @@ def prediction_grid(images: np.ndarray, samples: Sequence[Any], classes: Sequenc
     return pictures, captions
 
 
-def training_figures(history: Sequence[Any], smoothing: float) -> tuple[go.Figure, go.Figure]:
+def training_figures(history: Sequence[Any], smoothing: float, *,
+                     chance: float | None = None) -> tuple[go.Figure, go.Figure]:
     """The Train page's two figures from a training job's history (its StepEvents and EpochEvents):
     the per-step curves with the epochs' starts, and training against validation per epoch."""
     steps = [e for e in history if isinstance(e, StepEvent)]
     epochs = [e for e in history if isinstance(e, EpochEvent)]
     starts = [s.step for prev, s in zip(steps, steps[1:], strict=False) if s.epoch != prev.epoch]
     step_fig = step_curves_figure([s.step for s in steps], [s.loss for s in steps], [s.accuracy for s in steps],
-                                  [s.lr for s in steps], smoothing=smoothing, epoch_starts=starts)
+                                  [s.lr for s in steps], smoothing=smoothing, epoch_starts=starts, chance=chance)
     epoch_fig = epoch_curves_figure([e.epoch for e in epochs], [e.train_loss for e in epochs],
                                     [e.val_loss for e in epochs], [e.train_accuracy for e in epochs],
-                                    [e.val_accuracy for e in epochs])
+                                    [e.val_accuracy for e in epochs], chance=chance)
     return step_fig, epoch_fig

@@ -14,10 +14,16 @@ copy gets the same update ``δ`` at every step. A 4096 × 512 ``delta`` is train
 as its gradient: its optimizer state is the state each copy would have had, and the full weight is
 ``W₀ + delta`` broadcast over the positions. That drops a 411 MB gradient and the optimizer's work
 on 103 M weights per step. ``sync_()`` writes ``delta`` into the model's own weight (before a
-checkpoint), so parameters and checkpoints stay torchvision's.
+checkpoint), so parameters stay torchvision's.
+
+``fold_first_linear`` and ``unfold_first_linear`` are the same fold for a run's checkpoint: a run on
+1×1 maps can only ever use the 4096 × 512 sum, so that is what its checkpoint stores
+(``vgg.checkpoints``), and loading expands it back to torchvision's 4096 × 25,088 shape.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +63,32 @@ def folded_weight(linear: nn.Linear, height: int, width: int) -> Tensor:
             pool = pool_matrix(height, width, dtype=linear.weight.dtype, device=linear.weight.device)
             weight = grouped @ pool  # (4096, 512, 49) @ (49, h·w) -> (4096, 512, h·w)
     return weight.flatten(1)
+
+
+FIRST_LINEAR = "classifier.0.weight"  # the weight the pool is folded into
+POSITIONS = POOL_SIZE * POOL_SIZE  # 49 pooled cells per channel
+
+
+def fold_first_linear(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with ``classifier.0.weight`` summed over its 49 pooled positions, ``(4096, 25088)``
+    → ``(4096, 512)``: exactly what a run on 1×1 feature maps (inputs of 32–63 px) can use, since the
+    pool copies the single value into all 49 cells and ``W·(x ⊗ 1) = (Σ_p W[:, :, p])·x``. The other
+    entries are the same tensors, in the same order."""
+    weight = state[FIRST_LINEAR]
+    folded = weight.reshape(weight.shape[0], -1, POSITIONS).sum(-1)  # (4096, 512, 49) -> (4096, 512)
+    return {k: folded if k == FIRST_LINEAR else v for k, v in state.items()}
+
+
+def unfold_first_linear(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of ``fold_first_linear`` for what it is exact for: a torchvision-shaped
+    ``(4096, 25088)`` weight whose 49 copies of each column are ``W_folded / 49``. It computes the same
+    function as the stored run on 1×1 maps (up to rounding); on larger maps all positions start equal.
+    ``ValueError`` when ``classifier.0.weight`` is not a folded ``(out, 512)`` matrix."""
+    folded = state[FIRST_LINEAR]
+    if folded.dim() != 2 or folded.shape[1] != 512:
+        raise ValueError(f"{FIRST_LINEAR} is {tuple(folded.shape)}, not a folded (out, 512) weight")
+    weight = (folded / POSITIONS).unsqueeze(-1).expand(-1, -1, POSITIONS).reshape(folded.shape[0], -1)
+    return {k: weight if k == FIRST_LINEAR else v for k, v in state.items()}
 
 
 class FastVGG(nn.Module):
