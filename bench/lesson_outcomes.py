@@ -11,7 +11,7 @@ A teacher's steps with every default, on ``../shared/data/cifar10`` (as chosen o
 Prints each outcome against its target, one per line (``ok`` or ``MISSED``), and ``outcomes N/N``
 last. About 10 minutes on a 2-core CPU.
 
-    .venv/bin/python bench/lesson_outcomes.py [--seed 0] [--data ../shared/data/cifar10]
+    .venv/bin/python bench/lesson_outcomes.py [--seed 0] [--data ../shared/data/cifar10] [--runs DIR]
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
     if not (args.data / "train").is_dir():
         print(f"{args.data} is missing: this bench needs the real CIFAR-10 as JPEG class folders")
@@ -68,7 +69,7 @@ def main() -> int:
     splits = registry.get(data)
     out = Outcomes()
     with tempfile.TemporaryDirectory() as tmp:
-        store = RunStore(Path(tmp))
+        store = RunStore(args.runs or Path(tmp))
         default = TrainConfig(data=data, seed=args.seed)
 
         # 1. The range test and its advice.

@@ -18,6 +18,7 @@ from ui.common import (
     show_error,
     status_badge,
 )
+from ui import urlstate as url
 from ui.lessons import Lessons
 from ui.runs import choose_run
 from ui.shell import ensure_app_shell
@@ -32,6 +33,9 @@ from vgg.tasks import evaluate_task
 
 lesson = Lessons("evaluate")
 SECTIONS = ["Accuracy", "Confusion matrix", "Mistakes", "Representations", "Filters", "Downloads"]
+SECTION_WORDS = {name.lower().replace(" ", "-"): name for name in SECTIONS}  # ?section=confusion-matrix
+URL = [url.Param("section", "evaluate_section", lambda text: SECTION_WORDS[url.choice(list(SECTION_WORDS))(text)],
+                 SECTIONS[0], lambda name: name.lower().replace(" ", "-"))]
 MAX_CELL_IMAGES = 30
 FILTERED_IMAGES = 3
 
@@ -300,7 +304,11 @@ if test is not None and (len(test) != len(labels) or not np.array_equal(test.lab
     test = None
 
 table = p.per_class()
-tabs = st.tabs(SECTIONS, key="evaluate_section", on_change="rerun")
+# The address picks the first open section of this session; kept, since a tab whose default changes
+# is a new widget (it would snap back to the default on the next click).
+opened = st.session_state.setdefault("_evaluate_first_section", url.initial(URL)["evaluate_section"])
+tabs = st.tabs(SECTIONS, default=opened, key="evaluate_section", on_change="rerun")
+url.publish(URL)
 for tab, section in zip(tabs, SECTIONS, strict=True):
     if not tab.open:
         continue

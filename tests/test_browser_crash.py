@@ -83,9 +83,9 @@ def server_env(base: Path) -> dict[str, str]:
     return tuned_environ(env)  # as make run
 
 
-def start_server(base: Path, name: str) -> Server:
-    """``streamlit run app.py`` on a free port with the data and runs dirs under ``base``."""
-    port = free_port()
+def start_server(base: Path, name: str, port: int | None = None) -> Server:
+    """``streamlit run app.py`` on ``port`` (default: a free one) with the data and runs dirs under ``base``."""
+    port = port or free_port()
     log = base / f"{name}.log"
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -267,6 +267,40 @@ def test_restarted_app_lists_the_run_as_interrupted_and_evaluates_it(crash: Cras
     runs = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Runs to overlay")
     expect(runs).to_contain_text(f" · {run_tag(crash.run_id)} · interrupted")  # chosen: the newest ended run
     assert_no_exception(page)
+
+
+# ------------------------------------------------------------------------------------- a restart mid-lesson
+
+
+def test_the_first_edit_after_a_server_restart_is_kept(browser: Browser, tmp_path: Path) -> None:
+    """A tab left open while the server restarts reconnects to a new session; the first edit it
+    sends must win over the page's starting values (it was dropped when a page wrote a widget's
+    default into the session state before drawing it)."""
+    server = start_server(tmp_path, "before-restart")
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    context = new_context(browser)
+    try:
+        page = context.new_page()
+        page.goto(server.url + "train")
+        wait_for_app(page, UI_TIMEOUT_MS)
+        field = page.locator(".st-key-train-lr input")
+        for trial, (typed, in_address) in enumerate((("2.00e-3", "lr=0.002"), ("5.00e-4", "lr=0.0005"),
+                                                     ("7.00e-4", "lr=0.0007"))):
+            stop_server(server)
+            page.wait_for_selector('[data-testid="stApp"]:not([data-test-connection-state="CONNECTED"])',
+                                   state="attached", timeout=UI_TIMEOUT_MS)
+            server = start_server(tmp_path, f"restart-{trial}", port)
+            page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]',
+                                   state="attached", timeout=UI_TIMEOUT_MS)
+            field.fill(typed)  # the first edit, as soon as the tab is connected again
+            field.press("Enter")
+            expect(page).to_have_url(re.compile(re.escape(in_address)), timeout=UI_TIMEOUT_MS)
+            wait_for_app(page, UI_TIMEOUT_MS)
+            expect(field).to_have_value(typed)
+            assert_no_exception(page)
+    finally:
+        context.close()
+        stop_server(server)
 
 
 # ------------------------------------------------------------------------------------------- hostile uploads

@@ -243,6 +243,9 @@ def test_lr_find_json_gives_suggestions(env: dict[str, str]) -> None:
     result = run_json(env, "lr-find", "--dataset", "synthetic", "--images-per-class", "20", "--input-size", "32",
                       "--batch-size", "8", "--num-iter", "10", "--end-lr", "1")
     assert set(result["suggestions"]) == {"steepest", "valley", "min_div10"}
+    lowest = result["lrs"][min(range(len(result["losses"])), key=lambda i: result["smoothed"][i])]
+    assert result["recommended_rule"] == "recommended"
+    assert result["recommended"] == pytest.approx(lowest)  # too few points to skip any
     for lr in result["suggestions"].values():
         assert lr is None or (isinstance(lr, float) and 0 < lr <= 1)
     assert 2 <= len(result["lrs"]) <= 10 and len(result["losses"]) == len(result["lrs"])
@@ -408,5 +411,12 @@ def test_the_cli_defaults_are_the_engine_defaults() -> None:
     assert (train.lr, train.epochs, train.batch_size, train.config) == (TrainConfig.lr, TrainConfig.epochs,
                                                                         TrainConfig.batch_size, TrainConfig.config)
     assert train.images_per_class == TrainConfig().data.images_per_class
+    assert (train.dropout, train.label_smoothing, train.tta) == (TrainConfig.dropout, TrainConfig.label_smoothing,
+                                                                 TrainConfig.tta)
+    from vgg.cli.common import Dirs, train_config
+
+    tricks = build_parser().parse_args(["train", "--dropout", "0.2", "--label-smoothing", "0.1", "--tta"])
+    cfg = train_config(tricks, Dirs(Path("data"), Path("runs")), for_training=True)
+    assert (cfg.dropout, cfg.label_smoothing, cfg.tta) == (0.2, 0.1, True)  # the Train page's tricks
     lr_find = build_parser().parse_args(["lr-find"])
     assert (lr_find.num_iter, lr_find.end_lr) == (LRFinderConfig.num_iter, LRFinderConfig.end_lr)

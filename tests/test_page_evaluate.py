@@ -173,6 +173,24 @@ def test_mistakes_representations_filters_and_downloads(page: AppTest) -> None:
     assert labels[0] == "Metrics (metrics.csv)" and labels[2].startswith("Best checkpoint (best.pt")
 
 
+def test_the_address_opens_a_section_and_follows_the_open_one(trained: tuple[Path, str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, run_id = trained
+    monkeypatch.setenv("VGG_RUNS_DIR", str(runs))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params["run"] = run_id
+    at.query_params["section"] = "confusion-matrix"
+    run_until(at, data_loaded)
+    assert at.session_state["evaluate_section"] == "Confusion matrix"
+    open_section(at, "Mistakes")
+    assert at.query_params["section"] == "mistakes"
+    bad = AppTest.from_file(PAGE, default_timeout=120)
+    bad.query_params["section"] = "nowhere"
+    run_until(bad, data_loaded)
+    assert [w.value for w in bad.warning if "section" in w.value]  # one clear line, then the default
+    assert bad.session_state["evaluate_section"] == "Accuracy"
+
+
 def test_an_interrupted_run_without_predictions_is_evaluated_on_request(
     trained: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,3 +217,4 @@ def test_an_interrupted_run_without_predictions_is_evaluated_on_request(
     epochs = RunStore(runs).metrics(run_id).query("kind == 'epoch'")
     best_val = {m.label: m.value for m in at.metric}["Best validation accuracy"]
     assert best_val == f"{epochs['val_accuracy'].max():.1%}"  # from metrics.csv, not "—"
+

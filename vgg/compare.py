@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from vgg.data import CIFAR10_CLASSES
+from vgg.data import CIFAR10_CLASSES, DataConfig
 from vgg.errors import ConfigError
 from vgg.events import EpochEvent, StepEvent, TrainResult
 from vgg.jobs import JobContext, JobManager

@@ -220,23 +220,23 @@ def suggest_min_div10(
     )
 
 
-RECOMMEND_DIVISOR = 1.0  # the recommendation: the lowest point of the smoothed loss, divided by this
-
-
 def recommend(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10,
               skip_end: int = 5) -> Suggestion | None:
-    """The one learning rate the app recommends: the lr where the smoothed loss is lowest, divided
-    by ``RECOMMEND_DIVISOR`` (calibrated by ``bench/lr_advice.py``)."""
+    """The one learning rate the app recommends as the peak of a one-cycle training: the lr where
+    the smoothed loss is lowest. Checked against real trainings (``bench/lr_advice.py``: seven setups
+    of the app, each with a sweep of learning rates on the default training's schedule): it reached
+    at least 94 % of the sweep's best test accuracy in every one. The classic rules below it often
+    point far lower (they were made for constant learning rates) or, from scratch, into the blow-up."""
     pts = _usable(lrs, losses, skip_start, skip_end)
     if pts is None:
         return None
     idx, x, y, note = pts
     i = int(np.argmin(y))
-    lr = float(x[i]) / RECOMMEND_DIVISOR
+    lr = float(x[i])
     return Suggestion(
         lr, int(idx[i]), "recommended",
-        f"The smoothed loss is lowest at lr {float(x[i]):.2e}: the recommended peak learning rate is "
-        f"{lr:.2e}{note}.",
+        f"The smoothed loss is lowest at lr {lr:.2e}: the recommended peak learning rate for the one-cycle "
+        f"schedule{note}.",
     )
 
 

@@ -102,7 +102,8 @@ def train_config(args: argparse.Namespace, dirs: Dirs, *, for_training: bool) ->
                       seed=args.seed, data_dir=dirs.data)
     extra: dict[str, Any] = {}
     if for_training:
-        extra = {"epochs": args.epochs, "schedule": args.schedule, "time_budget_s": args.time_budget}
+        extra = {"epochs": args.epochs, "schedule": args.schedule, "time_budget_s": args.time_budget,
+                 "dropout": args.dropout, "label_smoothing": args.label_smoothing, "tta": args.tta}
     return TrainConfig(config=args.config, batch_norm=args.batch_norm, init=_resolve_init(args.init, dirs),
                        freeze=args.freeze, optimizer=args.optimizer, lr=args.lr, lr_ratio=args.lr_ratio,
                        batch_size=args.batch_size, data=data, augment=args.augment, seed=args.seed,

@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one-cycle with --lr as the peak, or a constant lr (default {TRAIN.schedule})")
     p.add_argument("--time-budget", type=float, default=TRAIN.time_budget_s, metavar="SECONDS",
                    help="stop after this many seconds; the schedule fits into them")
+    p.add_argument("--dropout", type=float, default=TRAIN.dropout, metavar="P",
+                   help=f"dropout of the classifier (default {TRAIN.dropout}; torchvision's VGG has 0.5)")
+    p.add_argument("--label-smoothing", type=float, default=TRAIN.label_smoothing, metavar="S",
+                   help=f"share of each target spread over the other classes (default {TRAIN.label_smoothing})")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=TRAIN.tta,
+                   help="average each validation and test answer with its mirror image's (default off)")
 
     p = sub.add_parser("evaluate", help="test loss, accuracy and per-class accuracy of a run",
                        description="Test-set loss, accuracy and per-class accuracy of a run; computed "
