@@ -21,11 +21,13 @@ from vgg.settings import default_device, device_description  # noqa: E402
 
 PAGES_DIR = Path(__file__).parent / "pages"
 
-# The lesson in order: (file in pages/, title, icon, address). "/" opens the first.
+# The lesson in order: (file in pages/, title, icon, address). "/" opens the first. A file is named
+# as its address: a fresh server's first visitor is matched against the pages/ folder's file names
+# before st.navigation runs ("lr_finder.py" showed "Page not found" at /lr-finder).
 PAGES = (
     ("architecture.py", "Architecture", ":material/account_tree:", "architecture"),
     ("data.py", "Data", ":material/photo_library:", "data"),
-    ("lr_finder.py", "LR finder", ":material/trending_down:", "lr-finder"),
+    ("lr-finder.py", "LR finder", ":material/trending_down:", "lr-finder"),
     ("train.py", "Train", ":material/model_training:", "train"),
     ("compare.py", "Compare", ":material/compare_arrows:", "compare"),
     ("evaluate.py", "Evaluate", ":material/fact_check:", "evaluate"),

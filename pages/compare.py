@@ -295,8 +295,9 @@ def race_section() -> None:
     base, pretrain_per_class = race_budget()
     online = pretrained_available(*RACE_MODEL)
     st.caption(f"Data: {data_label(base.data)} (the data set chosen on the Data page) · VGG11-BN · "
-               f"same seed {base.seed}, {base.epochs_label}, batch {base.batch_size}, lr {base.lr:g} "
-               "for both runs; tested on every test image of their classes.")
+               f"same seed {base.seed}, {base.epochs_label} and batch {base.batch_size} for both runs, each "
+               f"at the peak learning rate it trains best at (from scratch {base.lr:g}, from weights "
+               f"{compare.race_pair(base, 'run:x').pretrained.lr:g}); tested on every test image of their classes.")
     if not online:
         classes = known_classes(base.data.source)
         try:

@@ -118,6 +118,10 @@ def test_a_teacher_and_two_pupils_share_one_server(browser: Browser, server: tup
     url, runs = server
     teacher, ann, bob = (new_context(browser).new_page() for _ in range(3))
 
+    # Every page has its own address, even for a fresh server's first visitor.
+    open_page(bob, url + "lr-finder")
+    expect(bob.get_by_role("heading", name="LR finder")).to_be_visible()
+    assert bob.get_by_text("Page not found").count() == 0
     # A link carries a view: Bob opens the teacher's prepared Architecture page.
     open_page(bob, url + "architecture?config=E&bn=0")
     expect(bob.get_by_text("143,667,240", exact=True)).to_be_visible()

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 LESSON = (
     ("architecture.py", "Architecture"),
     ("data.py", "Data"),
-    ("lr_finder.py", "LR finder"),
+    ("lr-finder.py", "LR finder"),
     ("train.py", "Train"),
     ("compare.py", "Compare"),
     ("evaluate.py", "Evaluate"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,10 @@ def test_race_pair_differs_only_in_the_starting_weights() -> None:
     scratch, pretrained = compare.race_pair(base)
     assert (scratch.init, pretrained.init) == ("scratch", "imagenet")
     for cfg in (scratch, pretrained):
-        assert (cfg.data, cfg.epochs, cfg.batch_size, cfg.seed, cfg.lr) == (TINY, 3, 32, 7, 5e-4)
+        assert (cfg.data, cfg.epochs, cfg.batch_size, cfg.seed) == (TINY, 3, 32, 7)
+    # Each side at the peak it trains best at: from weights at least RACE_PRETRAINED_LR.
+    assert (scratch.lr, pretrained.lr) == (5e-4, compare.RACE_PRETRAINED_LR)
+    assert compare.race_pair(replace(base, lr=3e-3)).pretrained.lr == 3e-3
     assert scratch.effective_lr_ratio == 1.0 and pretrained.effective_lr_ratio == 0.1
     assert compare.race_pair(base, "run:abc").pretrained.init == "run:abc"
     with pytest.raises(ConfigError, match="needs weights"):

@@ -419,12 +419,20 @@ def test_find_lr_needs_a_loss_or_a_step() -> None:
 def test_the_recommendation_is_the_lowest_point_of_the_smoothed_loss() -> None:
     from vgg.lr_finder import recommend
 
+    from vgg.lr_finder import RECOMMEND_FLOOR
+    from vgg.train import TrainConfig
+
+    assert RECOMMEND_FLOOR == TrainConfig.lr  # the peak the default training was tested at
     lrs = [1e-7 * 10 ** (8 * i / 99) for i in range(100)]
-    losses = [2.3 - 0.5 * math.exp(-((math.log10(lr) + 4) ** 2)) + (5.0 if lr > 1e-1 else 0.0) for lr in lrs]
-    lowest = lrs[min(range(100), key=losses.__getitem__)]  # 1e-4, the bottom of the dip
+    losses = [2.3 - 0.5 * math.exp(-((math.log10(lr) + 2) ** 2)) + (5.0 if lr > 1e-1 else 0.0) for lr in lrs]
+    lowest = lrs[min(range(100), key=losses.__getitem__)]  # 1e-2, the bottom of the dip
     advice = recommend(lrs, losses)
     assert advice is not None and advice.rule == "recommended"
     assert advice.lr == pytest.approx(lowest) and lrs[advice.index] == advice.lr  # marked there on the curve
-    assert advice.lr < 1e-1  # not in the blow-up at the end
+    # A dip that ends below the default training's peak (from scratch with Adam): that peak.
+    early = [2.3 - 0.1 * math.exp(-((math.log10(lr) + 4.2) ** 2)) + (5.0 if lr > 1e-1 else 0.0) for lr in lrs]
+    floored = recommend(lrs, early)
+    assert floored is not None and floored.lr == RECOMMEND_FLOOR and "lowest at lr 6" in floored.explanation
+    assert recommend(lrs, early, floor=None).lr == pytest.approx(lrs[min(range(100), key=early.__getitem__)])
     assert recommend(lrs[:3], losses[:3]) is None or recommend(lrs[:3], losses[:3]).lr > 0
     assert recommend([], []) is None

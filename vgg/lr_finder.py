@@ -220,23 +220,41 @@ def suggest_min_div10(
     )
 
 
+# The recommendation never goes below the peak the default training was tested at (TrainConfig.lr).
+RECOMMEND_FLOOR = 3e-4
+
+
 def recommend(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10,
-              skip_end: int = 5) -> Suggestion | None:
+              skip_end: int = 5, floor: float | None = RECOMMEND_FLOOR) -> Suggestion | None:
     """The one learning rate the app recommends as the peak of a one-cycle training: the lr where
-    the smoothed loss is lowest. Checked against real trainings (``bench/lr_advice.py``: seven setups
-    of the app, each with a sweep of learning rates on the default training's schedule): it reached
-    at least 94 % of the sweep's best test accuracy in every one. The classic rules below it often
-    point far lower (they were made for constant learning rates) or, from scratch, into the blow-up."""
+    the smoothed loss is lowest, but not below ``floor`` (the default training's peak).
+
+    Checked against real trainings (``bench/lr_advice.py``: seven setups of the app, each with a
+    sweep of learning rates on the default training's schedule). Where the lowest point lies
+    above the floor (SGD, transfer from an earlier run) it trained as well as the sweep's best.
+    From scratch with Adam the range test's dip ends early, at about 7e-5, while trainings did
+    best at 3e-4: 100 batches are too few to show how high a one-cycle training can go. The
+    classic rules (``suggest_all``) often point far lower, or from scratch into the blow-up.
+    """
     pts = _usable(lrs, losses, skip_start, skip_end)
     if pts is None:
         return None
     idx, x, y, note = pts
     i = int(np.argmin(y))
-    lr = float(x[i])
+    lowest = float(x[i])
+    if floor is None or lowest >= floor:
+        return Suggestion(
+            lowest, int(idx[i]), "recommended",
+            f"The smoothed loss is lowest at lr {lowest:.2e}: the recommended peak learning rate for the "
+            f"one-cycle schedule{note}.",
+        )
+    dist = np.abs(np.log(np.clip(np.asarray(lrs, dtype=np.float64), 1e-300, None)) - math.log(floor))
+    index = int(np.argmin(np.where(np.isfinite(dist), dist, np.inf)))  # the curve's point nearest to it
     return Suggestion(
-        lr, int(idx[i]), "recommended",
-        f"The smoothed loss is lowest at lr {lr:.2e}: the recommended peak learning rate for the one-cycle "
-        f"schedule{note}.",
+        floor, index, "recommended",
+        f"The smoothed loss is lowest at lr {lowest:.2e}, below {floor:.0e}, the peak the default training "
+        f"was tested at: a short range test ends its dip early, and trainings from scratch did best at "
+        f"{floor:.0e}. Recommended: {floor:.2e}{note}.",
     )
 
 

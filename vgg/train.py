@@ -85,7 +85,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" as the notebook, or "sgd" with momentum
     # Peak learning rate (the classifier's; features get lr × lr_ratio). 3e-4: on CIFAR-10 from scratch
     # (bench/lr_advice.py, 15,000 images seen) one-cycle to 3e-4 reached 46.9 % test accuracy, to 1e-4
-    # 45.1 %, to 1e-3 42.0 %, to 3e-3 17.3 %.
+    # 45.1 %, to 1e-3 42.0 %, to 3e-3 17.3 %. (vgg.lr_finder.RECOMMEND_FLOOR is this value.)
     lr: float = 3e-4
     lr_ratio: float | None = None  # discriminative ratio; None → 0.1 from pretrained, 1 from scratch
     schedule: str = "onecycle"  # "onecycle" (Smith 2018) or "constant" (as the notebook)

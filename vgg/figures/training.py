@@ -29,7 +29,7 @@ MARK_COLORS: dict[str, str] = {"recommended": "#1a7f37", "steepest": "#e45756", 
                                "min_div10": "#b279a2"}
 MARK_SYMBOLS: dict[str, str] = {"recommended": "circle", "steepest": "diamond", "valley": "star",
                                 "min_div10": "triangle-down"}
-MARK_TEXT: dict[str, str] = {"recommended": "bottom left", "steepest": "top right", "valley": "top left",
+MARK_TEXT: dict[str, str] = {"recommended": "top center", "steepest": "top right", "valley": "top left",
                              "min_div10": "bottom right"}
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 LEGEND = {"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"}
@@ -84,9 +84,9 @@ def lr_finder_figure(
         xaxis["range"] = [math.log10(low_lr), math.log10(lr_range[1])]
     yaxis: dict[str, object] = {"title": "loss"}
     low, high = _finite(losses), _finite(smoothed)
-    if low and high:  # a diverging tail would squash the interesting part: clip far-out batch losses
+    if low and high:  # a diverging tail would squash the interesting part: it leaves the chart at the top
         bottom = min(min(low), min(high))
-        top = max(max(high), min(max(low), 1.5 * high[0]))
+        top = min(max(max(high), max(low)), 1.5 * max(high[0], min(high)))  # half again the starting loss
         pad = 0.08 * (top - bottom or 1.0)
         yaxis["range"] = [bottom - pad, top + pad]
     fig.update_layout(title=title, height=420, margin=MARGIN, legend=LEGEND, xaxis=xaxis, yaxis=yaxis,

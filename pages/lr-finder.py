@@ -143,8 +143,10 @@ def results(snap: JobSnapshot) -> None:
     else:
         st.warning("The weights could not be restored after the test.", icon=":material/warning:")
     if res.stopped_early:
-        st.caption(f"Stopped after {len(res.lrs)} batches: the smoothed loss passed diverge_th × its "
-                   "minimum.")
+        lr_cfg = job_config(JOB, snap.id)
+        times = f"{lr_cfg.diverge_th:g} times" if lr_cfg is not None else "several times"
+        st.caption(f"Stopped after {len(res.lrs)} batches: the smoothed loss passed {times} its lowest value "
+                   "(the loss has blown up; the chart's top cuts it off).")
 
 
 ensure_app_shell()
