@@ -118,6 +118,7 @@ def _probe(config: str, batch_norm: bool, size: int, num_classes: int, device: s
         return time.perf_counter() - start
 
     step(PROBE_SMALL)  # warm-up: allocations, kernel choice, optimizer state
+    step(PROBE_LARGE)  # and the large batch's buffers (its first step pays their page faults)
     small, large = step(PROBE_SMALL), step(PROBE_LARGE)
     per_image = max((large - small) / (PROBE_LARGE - PROBE_SMALL), large / PROBE_LARGE / 4)
     return max(small - PROBE_SMALL * per_image, 0.0), per_image
