@@ -96,27 +96,23 @@ def show_flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-def integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _ranged(kind: Callable[[str], Any], low: float, high: float, allowed: str) -> Callable[[str], Any]:
+    """text → ``kind(text)`` within [low, high]; ``ValueError`` naming the range otherwise."""
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise ValueError(f"a whole number from {low} to {high:,}") from None
+            raise ValueError(allowed) from None
         if not low <= value <= high:
-            raise ValueError(f"a whole number from {low} to {high:,}")
+            raise ValueError(allowed)
         return value
 
     return parse
+
+
+def integer(low: int, high: int) -> Callable[[str], int]:
+    return _ranged(int, low, high, f"a whole number from {low} to {high:,}")
 
 
 def number(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"a number from {low:g} to {high:g}") from None
-        if not low <= value <= high:
-            raise ValueError(f"a number from {low:g} to {high:g}")
-        return value
-
-    return parse
+    return _ranged(float, low, high, f"a number from {low:g} to {high:g}")
