@@ -18,7 +18,7 @@ import streamlit as st
 from vgg.classroom import Classroom, ClassLocks, teacher_code
 from vgg.data import DataConfig, DataSplits
 from vgg.jobs import JobManager, JobSnapshot, JobStatus
-from vgg.runs import RunStore
+from vgg.runs import RunStore, source_name
 from vgg.settings import data_dir, runs_dir
 from vgg.tasks import DataRegistry, data_task
 
@@ -132,7 +132,7 @@ def set_current_data(cfg: DataConfig, label: str | None = None) -> None:
 
 
 def data_label(cfg: DataConfig) -> str:
-    name = Path(cfg.source).name if cfg.source not in ("cifar10", "synthetic") else cfg.source
+    name = source_name(cfg.source)
     per_class = f", {cfg.images_per_class}/class" if cfg.images_per_class else ""
     return f"{name} · {cfg.input_size} px{per_class}"
 

@@ -64,12 +64,14 @@ def sync_address() -> None:
         cfg = data_from_params()
         if cfg is not None:
             set_current_data(cfg)
-    if st.session_state.get(NAME):
+    if st.session_state.get(NAME) and st.query_params.get("name") != st.session_state[NAME]:
         st.query_params["name"] = st.session_state[NAME]
+    want = data_params(current_data())  # written only where it changed: every write is a message
     for key in DATA_KEYS:
-        if key in st.query_params:
+        if key not in want and key in st.query_params:
             del st.query_params[key]
-    st.query_params.update(data_params(current_data()))
+        elif key in want and st.query_params.get(key) != want[key]:
+            st.query_params[key] = want[key]
     seen["data"] = tuple(st.query_params.get(k) for k in DATA_KEYS)
     seen["name"] = st.query_params.get("name")
 

@@ -151,10 +151,14 @@ def describe_init(init: str) -> str:
     return init.rsplit("/", 1)[-1]
 
 
+def source_name(source: str) -> str:
+    """A data source as people say it: "cifar10", "synthetic", or an image folder's own name."""
+    return source if source in ("cifar10", "synthetic") else source.rstrip("/").rsplit("/", 1)[-1]
+
+
 def describe_data(data: Mapping[str, Any]) -> str:
     """A short label of a run's ``config.json`` data section: "synthetic · 32 px · 20/class"."""
-    source = str(data.get("source", "?"))
-    name = source if source in ("cifar10", "synthetic") else source.rstrip("/").rsplit("/", 1)[-1]
+    name = source_name(str(data.get("source", "?")))
     per_class = data.get("images_per_class")
     return f"{name} · {data.get('input_size', '?')} px" + (f" · {per_class}/class" if per_class else "")
 
@@ -162,8 +166,7 @@ def describe_data(data: Mapping[str, Any]) -> str:
 def run_label(config: Mapping[str, Any], created_at: float) -> str:
     """Model, start, data set, learning rate and start time of a run, in one line."""
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
-    source = str(data.get("source", "?"))
-    name = source if source in ("cifar10", "synthetic") else source.rstrip("/").rsplit("/", 1)[-1]
+    name = source_name(str(data.get("source", "?")))
     lr = config.get("lr")
     when = time.strftime("%-d %b %H:%M", time.localtime(created_at)) if created_at else "?"
     parts = [model_label(config), describe_init(str(config.get("init", "scratch"))), name,
