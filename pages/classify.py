@@ -1,18 +1,21 @@
-"""Classify page: a trained run's model on your own pictures — top 5, preprocessing, Grad-CAM, ImageNet."""
+"""Classify page: a trained run's model, or ImageNet's before any training, on your own pictures — top 5,
+preprocessing, Grad-CAM, the untouched ImageNet model beside it; and the run's model to take home."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
+from ui.camera import live_ui
 from ui.common import run_store, show_error, status_badge
 from ui.lessons import Lessons
 from ui.runs import choose_run
 from ui.shell import ensure_app_shell
-from vgg import gradcam, inference
+from vgg import export, gradcam, inference
 from vgg.errors import VGGError
 from vgg.figures import classify as figures
 from vgg.figures.evaluate import enlarge
@@ -23,6 +26,8 @@ from vgg.runs import RunInfo
 lessons = Lessons("classify")
 TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIZE = 320  # pictures are shown (and cached) at most this big
+IMAGENET = ("A", True)  # the model classifying before any training: the lesson's VGG11-BN
+IMAGENET_SOURCE = "imagenet"  # the model choice (and the cache key) of ImageNet's untouched model
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
@@ -36,14 +41,19 @@ def cached_imagenet(config: str, batch_norm: bool) -> inference.LoadedModel:
     return inference.load_imagenet_model(config, batch_norm)
 
 
+def model_for(source: str, mtime: float) -> inference.LoadedModel:
+    """A run's model (``source`` its id), or ImageNet's (``IMAGENET_SOURCE``)."""
+    return cached_imagenet(*IMAGENET) if source == IMAGENET_SOURCE else cached_model(source, mtime)
+
+
 @st.cache_data(max_entries=64, show_spinner="Classifying…")
-def classify(data: bytes, name: str, run_id: str, mtime: float, with_imagenet: bool) -> dict[str, Any]:
+def classify(data: bytes, name: str, source: str, mtime: float, with_imagenet: bool) -> dict[str, Any]:
     """Everything shown for one picture, as plain values; ``{"error": ...}`` for a bad file."""
     try:
         img = open_image(data, name=name)
     except VGGError as e:
         return {"error": str(e)}
-    loaded = cached_model(run_id, mtime)
+    loaded = model_for(source, mtime)
     prediction = inference.predict(loaded, [img])[0]
     steps = inference.preprocess_steps(img, loaded)
     shown = img.copy()
@@ -159,15 +169,49 @@ def imagenet_note(loaded: inference.LoadedModel) -> str:
     )
 
 
+def model_ui() -> tuple[str, float] | None:
+    """The model the pictures go to: a trained run, or ImageNet's before any training. (source, mtime)."""
+    has_runs = any(r.has_best for r in run_store().list_runs())
+    choices = ["run", IMAGENET_SOURCE]
+    name = model_name(*IMAGENET)
+    choice = st.radio("Model", choices, index=0 if has_runs else 1, horizontal=True, key="classify_model",
+                      format_func={"run": "A trained run",
+                                   IMAGENET_SOURCE: f"ImageNet's {name}, before any training (1000 classes)"}.get)
+    if choice == IMAGENET_SOURCE:
+        if not pretrained_available(*IMAGENET):
+            st.warning(lessons.text("imagenet_needed", name=name, file=weights_file_name(*IMAGENET),
+                                    folder=str(weights_cache_dir())), icon=":material/cloud_off:")
+            return None
+        return IMAGENET_SOURCE, 0.0
+    info = run_ui()
+    if info is None:
+        return None
+    return info.run_id, (info.path / "best.pt").stat().st_mtime  # a newer best.pt is a new model
+
+
+def take_home_ui(run_id: str) -> None:
+    """The run's model as files that run without this app (``vgg.export``), made when clicked."""
+    with st.expander("Take the model home", icon=":material/download:"):
+        lessons("take_home", run=run_id)
+        store = run_store()
+        pt, onnx = st.columns(2)
+        pt.download_button("PyTorch state dict (.pt)", data=functools.partial(export.export_bytes, store, run_id, "pt"),
+                           file_name=f"{run_id}.pt", mime="application/octet-stream", key="classify-export-pt",
+                           icon=":material/download:", on_click="ignore")
+        onnx.download_button("ONNX (.onnx)", data=functools.partial(export.export_bytes, store, run_id, "onnx"),
+                             file_name=f"{run_id}.onnx", mime="application/octet-stream",
+                             key="classify-export-onnx", icon=":material/download:", on_click="ignore")
+
+
 ensure_app_shell()
 st.title("Classify")
 lessons("intro")
-info = run_ui()
-if info is None:
+chosen = model_ui()
+if chosen is None:
     st.stop()
+source, mtime = chosen
 try:
-    mtime = (info.path / "best.pt").stat().st_mtime  # a newer best.pt is a new model
-    model = cached_model(info.run_id, mtime)
+    model = model_for(source, mtime)
 except (VGGError, OSError) as e:
     show_error(e)
     st.stop()
@@ -175,15 +219,18 @@ st.caption(
     f"Model: **{model.name}** · input {model.input_size}×{model.input_size} px · "
     f"classes: {', '.join(model.classes[:12])}{' …' if len(model.classes) > 12 else ''}"
 )
-with_imagenet = pretrained_available(model.config, model.batch_norm)
+if source != IMAGENET_SOURCE:
+    take_home_ui(source)
+with_imagenet = source != IMAGENET_SOURCE and pretrained_available(model.config, model.batch_norm)
+live_ui((source, mtime), model)
 pictures = pictures_ui()
 if not pictures:
     st.caption("Upload one or more pictures to see what the model makes of them.")
-elif not with_imagenet:
+elif not with_imagenet and source != IMAGENET_SOURCE:
     st.caption(imagenet_note(model))
 for file_id, name, data in pictures:
     try:
-        result = classify(data, name, info.run_id, mtime, with_imagenet)
+        result = classify(data, name, source, mtime, with_imagenet)
     except (VGGError, RuntimeError, ValueError, OSError) as e:  # one bad picture must not stop the others
         result = {
             "error": f"{name}: could not classify it ({(str(e).splitlines() or [type(e).__name__])[0]})"

@@ -16,6 +16,7 @@ from ui.common import (
     set_current_data,
     show_data_loading,
 )
+from ui.datasets import builder_ui
 from ui.lessons import Lessons
 from ui.shell import ensure_app_shell
 from vgg import data as vdata
@@ -150,15 +151,14 @@ def show(splits: DataSplits) -> None:
     normalisation(splits)
 
 
-ensure_app_shell()
-st.title("Data")
-lesson("intro")
-fixed = locks().data is not None
-if fixed:
-    st.info(f"The teacher fixed the class's data set: **{data_label(current_data())}**. You can look at "
-            "others here, but every page uses that one.", icon=":material/lock:")
-cfg = source_ui(current_data())
-if cfg is not None:
+def choose_ui() -> None:
+    fixed = locks().data is not None
+    if fixed:
+        st.info(f"The teacher fixed the class's data set: **{data_label(current_data())}**. You can look at "
+                "others here, but every page uses that one.", icon=":material/lock:")
+    cfg = source_ui(current_data())
+    if cfg is None:
+        return
     in_use, loaded = cfg == current_data(), data_registry().peek(cfg) is not None
     if st.button("Use this data set", type="primary", disabled=in_use or not loaded or fixed,
                  icon=":material/lock:" if fixed else ":material/check:", key="data_use",
@@ -173,3 +173,13 @@ if cfg is not None:
     splits = show_data_loading(cfg)
     if splits is not None:
         show(splits)
+
+
+ensure_app_shell()
+st.title("Data")
+lesson("intro")
+choose, make = st.tabs(["Choose a data set", "Make your own"])
+with make:
+    builder_ui()
+with choose:
+    choose_ui()

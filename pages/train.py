@@ -29,7 +29,7 @@ from ui.people import lock_summary
 from ui.live import cached_figure, shared
 from ui.runs import set_chosen_run
 from ui.shell import ensure_app_shell, page_link
-from ui.weights import init_ui
+from ui.weights import fast_start, init_ui
 from vgg import advice, cost, summary
 from vgg.data.sources import SYNTHETIC_TRAIN_PER_CLASS
 from vgg.errors import VGGError
@@ -39,7 +39,16 @@ from vgg.jobs import JobSnapshot
 from vgg.model import CONFIG_LABELS, CONFIG_NAMES, FREEZE_MODES
 from vgg.settings import resolve_device
 from vgg.tasks import train_task
-from vgg.train import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, notebook_recipe, onecycle_factor
+from vgg.train import (
+    DEVICES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    TrainConfig,
+    notebook_recipe,
+    onecycle_factor,
+    own_pictures_recipe,
+)
 
 lesson = Lessons("train")
 JOB = "train_job"  # st.session_state key: id of this session's latest training job
@@ -79,6 +88,8 @@ def use_recipe(cfg: TrainConfig) -> None:
               "train-augment": cfg.augment, "train-dropout": cfg.dropout, "train-label-smoothing": cfg.label_smoothing,
               "train-tta": cfg.tta, "train-freeze": cfg.freeze, "train-budget": cfg.time_budget_s or 0.0}
     values[f"train-ratio-{'pretrained' if cfg.pretrained else 'scratch'}"] = cfg.effective_lr_ratio
+    if cfg.start == "run":
+        values["train-run"] = cfg.init.removeprefix("run:")
     state.update(values)
     state["_train_lr_from"] = state.get("chosen_lr")  # the recipe's lr wins over an older pick
 
@@ -89,13 +100,18 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
     start = url.initial(URL)  # the address's settings, or the defaults
     if locks().any:  # what the teacher fixed for the class (a teacher has no locks)
         st.info(lock_summary(locks()), icon=":material/lock:")
-    left, right, _ = st.columns([1.5, 1.8, 2.5])
+    left, middle, right, _ = st.columns([1.3, 1.6, 2.2, 1.2])
     left.button("Fast defaults (CPU)", key="train-recipe-fast", icon=":material/bolt:", on_click=use_recipe,
                 args=(replace(D, data=data),))
-    right.button("The notebook's recipe (GPU)", key="train-recipe-notebook", icon=":material/menu_book:",
-                 on_click=use_recipe, args=(notebook_recipe(data),),
-                 help="ImageNet weights, 224 px, Adam 5e-4 with the features at 1/10, constant lr, 5 epochs, "
-                      "dropout 0.5: the classic notebook. On a CPU an epoch of CIFAR-10 takes hours.")
+    middle.button("The notebook's recipe (GPU)", key="train-recipe-notebook", icon=":material/menu_book:",
+                  on_click=use_recipe, args=(notebook_recipe(data),),
+                  help="ImageNet weights, 224 px, Adam 5e-4 with the features at 1/10, constant lr, 5 epochs, "
+                       "dropout 0.5: the classic notebook. On a CPU an epoch of CIFAR-10 takes hours.")
+    right.button("Own pictures: fast fine-tune (seconds)", key="train-recipe-own", icon=":material/photo_camera:",
+                 on_click=use_recipe, args=(own_pictures_recipe(data, *fast_start("A", True)),),
+                 help="For a few dozen pictures per class (Data page → Make your own): VGG11-BN from ImageNet "
+                      "weights at 224 px (offline: the newest earlier run, at its own size), everything frozen "
+                      "but the last layer, which learns on features computed once and shared by every session.")
     cols = st.columns([2.2, 1, 1, 1], vertical_alignment="bottom")
     config = cols[0].selectbox("Configuration", CONFIG_NAMES, index=CONFIG_NAMES.index(start["train-config"]),
                                format_func=CONFIG_LABELS.get, key="train-config", **S)

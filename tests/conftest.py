@@ -41,6 +41,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # a camera for the Data and Classify pages: Chromium's test pattern, allowed without a prompt
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 SERVER_START_S = 120.0  # importing torch on a busy 2-core machine takes a while
 SERVER_LOG = pytest.StashKey[Path]()
@@ -132,9 +135,15 @@ def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path, deadl
 
 
 @pytest.fixture(scope="session")
-def streamlit_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the test server's data, runs and torch dirs (``data/``, ``runs/``, ``torch/``)."""
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(request: pytest.FixtureRequest, server_home: Path) -> Iterator[str]:
     """Serve ``app.py`` on a free port with its own data, runs and torch dirs; yield the base URL."""
-    base = tmp_path_factory.mktemp("server")
+    base = server_home
     log = base / "streamlit.log"
     request.config.stash[SERVER_LOG] = log
     port = free_port()

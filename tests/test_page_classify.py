@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from vgg.data import DataConfig
 from vgg.data.synthetic import SHAPE_CLASSES
+from vgg.model import weights_cache_dir, weights_file_name
 from vgg.runs import RunStore
 from vgg.train import TrainConfig, fit
 
@@ -67,12 +70,44 @@ def top5_specs(at: AppTest) -> list[dict]:
     return [s for s in specs(at) if s["data"][0].get("orientation") == "h"]
 
 
-def test_without_runs_the_page_says_to_train_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_without_runs_or_weights_the_page_says_what_is_missing(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
     monkeypatch.setenv("VGG_RUNS_DIR", str(tmp_path / "empty"))
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
+    assert at.radio(key="classify_model").value == "imagenet", "before any run: ImageNet's model first"
+    warning = " ".join(w.value for w in at.warning)
+    assert "vgg11_bn-" in warning and str(weights_cache_dir()) in warning, warning
+    assert not at.get("file_uploader")
+    at.radio(key="classify_model").set_value("run").run()
     assert any("train a model first on the **Train** page" in info.value for info in at.info)
     assert not at.get("file_uploader")
+
+
+def test_before_any_training_imagenet_sorts_pictures_into_its_1000_classes(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("VGG_RUNS_DIR", str(tmp_path / "empty"))
+    path = weights_cache_dir() / weights_file_name("A", True)  # a torchvision-shaped file, saved here
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vgg11_bn().state_dict(), path)
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="classify_model").value == "imagenet"
+    assert any("1000" in c.value or "tench" in c.value for c in at.caption)
+    at.file_uploader(key="classify_upload").set_value(("photo.png", png(), "image/png"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = top5_specs(at)
+    assert len(charts) == 1
+    categories = set(torchvision.models.VGG11_BN_Weights.IMAGENET1K_V1.meta["categories"])
+    assert len(charts[0]["data"][0]["y"]) == 5 and set(charts[0]["data"][0]["y"]) <= categories
+    assert not at.get("download_button"), "ImageNet's own model is not a run to take home"
+
+
+def test_a_run_offers_its_model_as_pt_and_onnx_downloads(page: AppTest) -> None:
+    ids = [d.proto.id for d in page.get("download_button")]
+    assert any("classify-export-pt" in i for i in ids) and any("classify-export-onnx" in i for i in ids), ids
 
 
 def test_uploads_get_a_top5_chart_and_bad_files_a_clear_message(

@@ -141,5 +141,5 @@ def test_image_folder_source_explains_how_to_add_one(isolated_dirs: dict[str, Pa
     at.radio(key="data_source").set_value("folder").run()
     assert not at.exception
     assert any("sub-folder per class" in m.value for m in at.markdown)
-    assert not at.get("selectbox")
+    assert [b.key for b in at.get("selectbox")] == ["ds-set"], "only the builder's: no folder to choose"
     assert any(str(isolated_dirs["VGG_DATA_DIR"]) in m.value for m in at.markdown)

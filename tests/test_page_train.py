@@ -204,3 +204,69 @@ def test_a_long_run_is_drawn_from_a_few_hundred_points_with_the_ema_of_all() -> 
     epochs = [t for t in fig.data if t.name == "new epoch"]
     assert len(epochs) == 3 and not fig.layout.shapes  # one trace per panel, no per-line shapes
     assert [x for x in epochs[0].x if x is not None] == [2_501, 2_501, 5_001, 5_001, 7_501, 7_501]
+
+
+def test_own_pictures_fast_fine_tune_trains_a_class_set_on_cached_features(at: AppTest) -> None:
+    """Data page → Make your own → Use for training, then the Train page's fast fine-tune: ImageNet-shaped
+    weights at 224 px, all but the last layer frozen; a second run reads the features from the disk."""
+    import io
+
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from vgg import datasets
+    from vgg.data import DataConfig
+    from vgg.model import weights_cache_dir, weights_file_name
+    from vgg.settings import data_dir
+
+    path = weights_cache_dir() / weights_file_name("A", True)  # torchvision-shaped, saved here
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vgg11_bn().state_dict(), path)
+    datasets.create_set("pets", ["cat", "dog", "fish"])
+    for i, cls in enumerate(("cat", "dog", "fish")):
+        shots = []
+        for k in range(10):
+            out = io.BytesIO()
+            Image.new("RGB", (64, 48), (80 * i, 10 * k, 200 - 60 * i)).save(out, "JPEG")
+            shots.append((f"{k}.jpg", out.getvalue()))
+        datasets.add_pictures("pets", cls, shots)
+    at.session_state["data_config"] = DataConfig(source="pets", input_size=224)
+    at.run()
+    at.button(key="train-recipe-own").click().run()
+    assert not at.exception and not texts(at, "error"), texts(at, "error")
+    assert at.radio(key="train-init").value == "imagenet"
+    assert at.selectbox(key="train-freeze").value == "all_but_last"
+    assert at.number_input(key="train-size").value == 224 and at.number_input(key="train-batch").value == 32
+    assert not at.toggle(key="train-augment").value and at.number_input(key="train-dropout").value == 0.0
+
+    features = data_dir() / ".cache" / "features"
+    inodes = {}
+    for attempt in (1, 2):
+        at.button(key="train-start").click().run()
+        run_until(at, lambda a, n=attempt: len(run_store().list_runs()) == n and "Test accuracy" in metrics(a)
+                  and run_store().list_runs()[0].status == "done", f"fast fine-tune {attempt}")
+        inodes[attempt] = {p.name: p.stat().st_ino for p in features.glob("*.pt")}
+    assert len(inodes[1]) == 3, "train, val and test features, computed once"
+    assert inodes[2] == inodes[1], "the second run read the first one's features (a rewrite is a new file)"
+    first = sorted(run_store().list_runs(), key=lambda r: r.run_id)[0]
+    assert first.config["freeze"] == "all_but_last" and first.config["data"]["input_size"] == 224
+    assert len(first.summary["classes"]) == 3
+    assert sum(p.stat().st_size for p in first.path.iterdir()) < 20_000_000, "no copy of the frozen weights"
+
+
+def test_offline_the_fast_fine_tune_starts_from_the_newest_run_at_its_own_size(at: AppTest) -> None:
+    """No ImageNet file here: the newest run of VGG11-BN, at the 32 px it was trained at."""
+    from vgg.data import DataConfig
+    from vgg.train import TrainConfig, fit
+
+    tiny = DataConfig(source="synthetic", input_size=32, images_per_class=20)
+    result = fit(TrainConfig(data=tiny, epochs=1, batch_size=64), store=run_store())
+    at.run()
+    at.button(key="train-recipe-own").click().run()
+    assert not at.exception and not texts(at, "error"), texts(at, "error")
+    assert at.radio(key="train-init").value == "run"
+    assert at.selectbox(key="train-run").value == result.run_id
+    assert at.number_input(key="train-size").value == 32
+    assert at.selectbox(key="train-freeze").value == "all_but_last"

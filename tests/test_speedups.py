@@ -271,13 +271,15 @@ def test_compact_head_trains_exactly_what_the_full_head_would(tiny_run, tiny_spl
 # -- the switch: the lesson path is the reference of the fast path ----------------------------
 
 
-@pytest.mark.parametrize(("init", "freeze", "augment"), [("scratch", "none", True), ("run", "features", False)],
-                         ids=["from scratch", "frozen features"])
+@pytest.mark.parametrize(("init", "freeze", "augment"), [("scratch", "none", True), ("run", "features", False),
+                                                        ("run", "all_but_last", False)],
+                         ids=["from scratch", "frozen features", "last layer on cached inputs"])
 def test_the_same_seed_trains_the_same_curve_with_and_without_the_speedups(tiny_run, tiny_splits, init, freeze,
                                                                           augment):
     """Two epochs of the tiny set, fp32, SGD: every step's loss and the validation curve agree.
     From scratch that covers the GEMM convolutions, channels_last, the folded pool and the compact
-    first Linear, with frozen features also the feature cache. The two sum in other orders, and
+    first Linear, with frozen features also the feature cache, with all but the last layer frozen the
+    cache of the last layer's inputs (``LastLayer``). The two sum in other orders, and
     from scratch a rounding difference can flip a max-pool's or a ReLU's choice, which training
     then carries on: measured, at most 0.4 % apart after 12 steps (hence 2 %)."""
     store, first = tiny_run
@@ -298,3 +300,40 @@ def test_the_same_seed_trains_the_same_curve_with_and_without_the_speedups(tiny_
     assert fast_val == pytest.approx(plain_val, rel=2e-2)
     assert fast_test == pytest.approx(plain_test, rel=2e-2)
     assert fast_steps != plain_steps  # the two paths really differ (a switch that did nothing would pass)
+
+
+def test_the_last_layers_inputs_are_cached_on_disk_and_shared_by_later_runs(tiny_run, tiny_splits):
+    """All but the last layer frozen, no dropout: the cached inputs (N, 4096) train ``LastLayer``; a
+    second run reads them from the disk; a damaged file is computed again; other weights, other key."""
+    from vgg.speedups.features import LastLayer
+
+    store, first = tiny_run
+    cfg = TrainConfig(data=TINY, init=f"run:{first.run_id}", freeze="all_but_last", augment=False, epochs=1,
+                      precision="fp32", dropout=0.0)
+    folder = TINY.resolved_cache_dir() / "features"
+
+    def start(c: TrainConfig):
+        messages: list[str] = []
+        prepared = prepare_model(c, tuple(tiny_splits.classes), tiny_splits.mean, tiny_splits.std,
+                                 runs_root=store.root)
+        t = start_training(c, tiny_splits, prepared,
+                           emit=lambda e: messages.append(getattr(e, "message", "")))
+        return t, [m for m in messages if m.endswith(("computed", "read from the disk cache"))]
+
+    t, said = start(cfg)
+    assert isinstance(t.net, LastLayer) and t.splits.train.images.shape[1:] == (4096,)
+    assert said == [f"frozen features ({s}): computed" for s in ("train", "val", "test")]
+    model = t.prepared.model.eval()
+    x = BatchPipeline(t.prepared.mean, t.prepared.std, t.prepared.device, 32, False)(tiny_splits.val.images[:8], None)
+    with torch.no_grad():
+        torch.testing.assert_close(t.net(t.splits.val.images[:8]), model(x), rtol=1e-4, atol=1e-5)
+    files = sorted(folder.glob("*.pt"))
+    assert len(files) == 3
+    again, said = start(cfg)
+    assert said == [f"frozen features ({s}): read from the disk cache" for s in ("train", "val", "test")]
+    assert torch.equal(again.splits.val.images, t.splits.val.images)
+    files[0].write_bytes(b"half a file")
+    _, said = start(cfg)
+    assert sum(m.endswith("computed") for m in said) == 1
+    _, said = start(TrainConfig(**{**cfg.__dict__, "freeze": "features"}))
+    assert all(m.endswith("computed") for m in said), "other frozen weights or depth: not the same features"

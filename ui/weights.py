@@ -10,6 +10,7 @@ from vgg.model import pretrained_available, weights_cache_dir, weights_file_name
 from vgg.paths import resolve_inside
 from vgg.settings import data_dir
 
+IMAGENET_INPUT_SIZE = 224  # what ImageNet's weights were trained at
 INIT_LABELS = {"scratch": "From scratch", "imagenet": "ImageNet weights", "run": "An earlier run",
                "file": ".pth file in the data dir"}
 
@@ -37,6 +38,20 @@ def earlier_runs(config: str, batch_norm: bool) -> list[tuple[str, str]]:
         classes = info.summary.get("classes") or cfg.get("classes") or ()
         runs.append((info.run_id, f"{info.label} · {info.status}{shown} · {len(classes)} classes"))
     return runs
+
+
+def fast_start(config: str, batch_norm: bool) -> tuple[str, int]:
+    """Where a fast fine-tune starts, and at which input size: ImageNet's weights at 224 px where they
+    are cached here, else the newest earlier run of the model at the size it was trained at (no
+    waiting for a download, none needed offline), else ImageNet's (the training downloads them, or
+    says what is missing)."""
+    if pretrained_available(config, batch_norm):
+        return "imagenet", IMAGENET_INPUT_SIZE
+    runs = earlier_runs(config, batch_norm)
+    if not runs:
+        return "imagenet", IMAGENET_INPUT_SIZE
+    cfg = run_store().get(runs[0][0]).config
+    return f"run:{runs[0][0]}", int(cfg.get("input_size") or cfg.get("data", {}).get("input_size") or 224)
 
 
 def weight_files() -> list[str]:

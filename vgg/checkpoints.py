@@ -130,13 +130,16 @@ def pack(state: Mapping[str, Tensor], meta: Mapping[str, Any], *,
     return stored, meta
 
 
-def as_stored(state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict[str, Tensor]:
+def as_stored(state: Mapping[str, Tensor], meta: Mapping[str, Any], *,
+              unchanged: Collection[str] = ()) -> dict[str, Tensor]:
     """A copy of ``state`` as its checkpoint gives it back (``expand(pack(state, meta))``; what a base
     would supply is unchanged anyway). The trainer evaluates its test set on these weights, so a later
-    evaluation of ``best.pt`` gives exactly the same answers, not answers equal up to rounding."""
+    evaluation of ``best.pt`` gives exactly the same answers, not answers equal up to rounding.
+    Tensors named in ``unchanged`` (frozen: training never writes them) are shared, not copied."""
     stored, stored_meta = pack(state, meta)
     restored = expand({"model": stored, "meta": stored_meta}, "the checkpoint", store=None)["model"]
-    return {k: v.clone() if v is state.get(k) else v for k, v in restored.items()}
+    keep = set(unchanged)
+    return {k: v.clone() if v is state.get(k) and k not in keep else v for k, v in restored.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,8 +83,9 @@ def _from_run(cfg: TrainConfig, run_id: str, classes: tuple[str, ...], data_mean
         raise ConfigError(
             f"run {run_id!r} is configuration {meta.get('config')!r} (batch norm {meta.get('batch_norm')}); "
             "choose the same configuration to start from it")
-    model = build_vgg(cfg.config, batch_norm=cfg.batch_norm, num_classes=int(meta["num_classes"]))
-    model.load_state_dict(ckpt["model"], strict=True)
+    with torch.device("meta"):  # no time spent initialising what the checkpoint overwrites
+        model = build_vgg(cfg.config, batch_norm=cfg.batch_norm, num_classes=int(meta["num_classes"]))
+    model.load_state_dict(ckpt["model"], strict=True, assign=True)  # (a fresh dict of tensors, shared by nobody)
     old_classes = tuple(meta.get("classes", ()))
     if old_classes != classes:
         model.classifier[6] = nn.Linear(4096, len(classes))

@@ -39,7 +39,7 @@ def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -
     hooks).
     """
     model = loaded.model
-    x = preprocess([img], loaded)
+    x = preprocess([img], loaded).to(next(model.parameters()).dtype)  # a bf16 copy too (vgg.live)
     last = last_conv_index(model)
     with torch.no_grad():
         for layer in model.features[: last + 1]:
@@ -56,7 +56,7 @@ def grad_cam(loaded: LoadedModel, img: Image.Image, target: int | None = None) -
             raise ConfigError(f"class index {target} is out of range; choose 0 to {logits.shape[1] - 1}")
         (gradient,) = torch.autograd.grad(logits[0, target], activation)
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
-    cam = F.relu((weights * activation.detach()).sum(1, keepdim=True))[0, 0]  # (h, w)
+    cam = F.relu((weights * activation.detach()).sum(1, keepdim=True))[0, 0].float()  # (h, w)
     top = float(cam.max())
     cam = cam / top if top > 0 else torch.zeros_like(cam)
     return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
