@@ -100,7 +100,11 @@ def test_own_pictures_from_files_zip_and_camera_to_a_live_classifier(page: Page,
 
     goto_page(page, streamlit_server, "Classify")
     expect(page.get_by_text(re.compile(r"classes: cat, dog, fish"))).to_be_visible()
-    expect(page.get_by_text("Take the model home")).to_be_visible()
+    page.get_by_text("Take the model home").click()
+    with page.expect_download(timeout=120_000) as download:
+        page.get_by_role("button", name=re.compile(r"PyTorch state dict")).click()
+    state = torch.load(download.value.path(), weights_only=True)
+    torchvision.models.vgg11_bn(num_classes=3).load_state_dict(state, strict=True)  # the home model loads
     run_and_wait(page, lambda: uploader(page, "Pictures (JPEG").set_input_files(
         {"name": "new.jpg", "mimeType": "image/jpeg", "buffer": jpeg((190, 70, 50), 99)}))
     wait_for_plotly(page, 1)
