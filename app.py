@@ -13,7 +13,7 @@ if (notice := late_notice()) is not None:  # the server's threads need it from t
 
 import streamlit as st  # noqa: E402
 
-from ui.common import current_data, data_label, locks  # noqa: E402
+from ui.common import cluster_line, current_data, data_label, locks  # noqa: E402
 from ui.people import name_ui, share_ui, sync_address, teacher_ui  # noqa: E402
 from ui.sidebar import sidebar_jobs  # noqa: E402
 from vgg.errors import VGGError  # noqa: E402
@@ -50,6 +50,8 @@ def sidebar_status(page_title: str) -> None:
             st.markdown(f":material/memory: **Device:** {device_label()}")
         except VGGError as error:  # a bad VGG_DEVICE names the choices
             st.error(str(error))
+        if (line := cluster_line()) is not None:
+            st.markdown(line)
         locked = " (locked by the teacher)" if locks().data is not None else ""
         st.markdown(f":material/dataset: **Data set:** {data_label(current_data())}{locked}")
         share_ui()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -140,14 +141,12 @@ def server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server")
 
 
-@pytest.fixture(scope="session")
-def streamlit_server(request: pytest.FixtureRequest, server_home: Path) -> Iterator[str]:
-    """Serve ``app.py`` on a free port with its own data, runs and torch dirs; yield the base URL."""
-    base = server_home
-    log = base / "streamlit.log"
-    request.config.stash[SERVER_LOG] = log
+@contextlib.contextmanager
+def serve(base: Path, log: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Serve ``app.py`` on a free port with the data, runs and torch dirs under ``base`` (and
+    ``extra_env``); yield the base URL; the server's output goes to ``log``."""
     port = free_port()
-    env = tuned_environ({**os.environ, **isolated_env(base), "PYTHONUNBUFFERED": "1"})  # as make run
+    env = tuned_environ({**os.environ, **isolated_env(base), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.port", str(port),
@@ -169,7 +168,39 @@ def streamlit_server(request: pytest.FixtureRequest, server_home: Path) -> Itera
             process.kill()
             process.wait()
         ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copyfile(log, ARTIFACTS / "streamlit-server.log")
+        shutil.copyfile(log, ARTIFACTS / log.name)
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(request: pytest.FixtureRequest, server_home: Path) -> Iterator[str]:
+    """Serve ``app.py`` on a free port with its own data, runs and torch dirs; yield the base URL."""
+    log = server_home / "streamlit-server.log"
+    request.config.stash[SERVER_LOG] = log
+    with serve(server_home, log) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real local Ray cluster for the tests (``ray start``): a head and one more node, 1 CPU each,
+    no dashboard; yields its address. Stopped (``ray stop``) when the session ends."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    head = [ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
+            f"--temp-dir={tmp_path_factory.mktemp('ray')}", *common]
+    try:
+        subprocess.run(head, check=True, env=env, capture_output=True, timeout=180)
+        subprocess.run([ray, "start", f"--address={address}", *common], check=True, env=env, capture_output=True,
+                       timeout=180)
+        yield address
+    finally:
+        from vgg import cluster
+
+        cluster.stop_on_exit()
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from typing import Any
 
 import streamlit as st
 
+from vgg import cluster
 from vgg.classroom import Classroom, ClassLocks, teacher_code
 from vgg.data import DataConfig, DataSplits
 from vgg.jobs import JobManager, JobSnapshot, JobStatus
@@ -36,9 +37,27 @@ DEFAULT_DATA = DataConfig()  # the synthetic set, every image (DataConfig's defa
 
 @st.cache_resource
 def job_manager() -> JobManager:
-    """The one process-wide job manager (trainings and LR range tests)."""
-    return JobManager(max_running=int(os.environ.get("VGG_MAX_JOBS", "1")),
+    """The one process-wide job manager (trainings and LR range tests). On a Ray cluster
+    (``VGG_RAY_ADDRESS``) as many jobs run at once as it has CPUs (Ray schedules them, and keeps
+    what does not fit waiting); in this process one at a time, unless ``VGG_MAX_JOBS`` says otherwise."""
+    status = cluster.cluster_status()
+    default = max(1, int(status.cpus)) if status is not None and status.reachable else 1
+    return JobManager(max_running=int(os.environ.get("VGG_MAX_JOBS", str(default))),
                       max_queued=int(os.environ.get("VGG_MAX_QUEUE", "20")))
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def cluster_line() -> str | None:
+    """The sidebar's line about the Ray cluster (None without one), refreshed every 10 s at most."""
+    status = cluster.cluster_status()
+    if status is None:
+        return None
+    if not status.reachable:
+        return (f":material/cloud_off: **Ray cluster** at `{status.address}` cannot be reached: new trainings "
+                f"and range tests are refused until it is back ({status.problem}).")
+    gpus = f", {status.gpus:g} GPU" if status.gpus else ""
+    return (f":material/hub: **Ray cluster:** {status.nodes} machine{'s' if status.nodes != 1 else ''}, "
+            f"{status.cpus:g} CPUs{gpus}: trainings and range tests run there.")
 
 
 @st.cache_resource

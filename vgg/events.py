@@ -102,6 +102,8 @@ class TrainResult:
     images_per_second: float
     classes: tuple[str, ...]
     epochs_planned: int = 0  # the epochs the run was to train (TrainConfig.epochs_for its data)
+    backend: str = "local"  # where it trained: "local" (the calling process) or "ray" (vgg.cluster)
+    node: str = ""  # the machine's name (local) or the Ray node's id that ran it
 
 
 @dataclass(frozen=True)

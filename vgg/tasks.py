@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from vgg import cluster
 from vgg.data import DataConfig, DataSplits, load_data, subset_classes
 from vgg.errors import VGGError
 from vgg.evaluate import evaluate_run
@@ -108,8 +109,12 @@ def lr_find_task(cfg: TrainConfig, lr_cfg: LRFinderConfig, registry: DataRegistr
             if isinstance(e, StatusEvent):
                 ctx.publish(message=e.message)
 
-        result = find_lr_for(cfg, lr_cfg, splits=splits, on_step=on_step, on_event=on_event,
-                             cancel=ctx.cancel_event, runs_root=store.root)
+        if cluster.ray_address():  # a Ray task on the cluster (vgg.cluster)
+            result = cluster.find_lr_on_cluster(cfg, lr_cfg, store=store, splits=splits, on_step=on_step,
+                                                on_event=on_event, cancel=ctx.cancel_event)
+        else:
+            result = find_lr_for(cfg, lr_cfg, splits=splits, on_step=on_step, on_event=on_event,
+                                 cancel=ctx.cancel_event, runs_root=store.root)
         out = LRFinderJobResult(result, cfg)
         ctx.publish(result=out, progress=1.0, message="done; weights restored" if result.restored else "done")
         return out
@@ -138,7 +143,8 @@ def train_task(cfg: TrainConfig, registry: DataRegistry, store: RunStore) -> Cal
             elif isinstance(e, DoneEvent):
                 ctx.publish(result=e.result, progress=1.0)
 
-        result = fit(cfg, store=store, splits=splits, on_event=on_event, cancel=ctx.cancel_event, owner=ctx.owner)
+        train = cluster.fit_on_cluster if cluster.ray_address() else fit  # a Ray task, or in this process
+        result = train(cfg, store=store, splits=splits, on_event=on_event, cancel=ctx.cancel_event, owner=ctx.owner)
         ctx.publish(message=f"{result.status}: {result.message}" if result.message else result.status)
         if result.status == "diverged":
             # The run's folder says "diverged"; the job reports it as a failure with the step.

@@ -18,6 +18,7 @@ off, this file and ``vgg/model.py`` are all that runs.
 from __future__ import annotations
 
 import math
+import platform
 import threading
 import time
 from collections.abc import Mapping
@@ -531,7 +532,7 @@ def fit(cfg: TrainConfig, *, store: Any = None, splits: DataSplits | None = None
         test_accuracy=best.accuracy if best is not None and len(best) else None,
         seconds=time.perf_counter() - t.t0,
         images_per_second=t.images_seen / t.train_seconds if t.train_seconds else 0.0,
-        classes=prepared.classes, epochs_planned=t.epochs)
+        classes=prepared.classes, epochs_planned=t.epochs, node=platform.node())
     emit(DoneEvent(result))
     return result
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from vgg import cluster
 from vgg.cli import describe_exception
 from vgg.cli.common import (
     EXIT_ERROR,
@@ -191,7 +192,8 @@ class TrainOutcome(Result):
                 "test_accuracy": r.test_accuracy, "test_loss": r.test_loss, "seconds": r.seconds,
                 "images_per_second": r.images_per_second, "epochs": r.epochs_done,
                 "epochs_planned": r.epochs_planned, "steps": r.steps, "classes": list(r.classes),
-                "run_dir": self.run_dir, "config": self.cfg.to_dict(), "data": data_summary(self.splits)}
+                "run_dir": self.run_dir, "config": self.cfg.to_dict(), "data": data_summary(self.splits),
+                "backend": r.backend, "node": r.node}
 
     def text(self) -> str:
         r = self.result
@@ -238,7 +240,8 @@ def cmd_train(args: argparse.Namespace, err: TextIO) -> TrainOutcome:
         if not args.json:
             for line in data_warnings(splits):
                 err.write(line + "\n")
-        return fit(cfg, store=store, splits=splits, on_event=on_event, cancel=cancel), splits
+        train = cluster.fit_on_cluster if cluster.ray_address() else fit  # a Ray task, or in this process
+        return train(cfg, store=store, splits=splits, on_event=on_event, cancel=cancel), splits
 
     interrupted = False
     try:
