@@ -101,6 +101,29 @@ def test_the_cli_trains_on_the_cluster_and_says_where(on_cluster: str, tmp_path:
     assert (tmp_path / "runs" / report["run_id"] / "best.pt").is_file()
 
 
+def test_an_lr_range_test_and_an_evaluation_run_as_tasks_too(on_cluster: str, tiny, tmp_path: Path) -> None:  # noqa: ANN001
+    """The LR range test's steps come back live; an evaluation's predictions are saved here. The
+    same runs evaluated on the cluster and in this process agree."""
+    from vgg.lr_finder import LRFinderConfig
+    from vgg.tasks import evaluate_task, lr_find_task
+
+    store = RunStore(tmp_path / "runs")
+    jobs = JobManager(max_running=1)
+    registry = DataRegistry(loader=lambda c, p: tiny)
+    cfg = TrainConfig(data=TINY, batch_size=32)
+    lr = jobs.wait(jobs.submit("lr_find", "LR", lr_find_task(cfg, LRFinderConfig(num_iter=12), registry, store)),
+                   timeout=300)
+    assert lr.status is JobStatus.DONE, lr.error
+    assert len(lr.history) == len(lr.result.result.lrs) >= 5, "every iteration came back as it ran"
+    trained = cluster.fit_on_cluster(TrainConfig(data=TINY, epochs=1, batch_size=64), store=store, splits=tiny)
+    local = store.get(trained.run_id).summary["test_accuracy"]
+    (store.get(trained.run_id).path / "predictions.pt").unlink()
+    evaluation = jobs.wait(jobs.submit("evaluate", "evaluate", evaluate_task(trained.run_id, TINY, registry, store)),
+                           timeout=300)
+    assert evaluation.status is JobStatus.DONE, evaluation.error
+    assert evaluation.result == pytest.approx(local) and store.get(trained.run_id).has_predictions
+
+
 def test_without_a_cluster_the_cli_reports_the_local_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cluster.ADDRESS_ENV, raising=False)
     out = subprocess.run(
@@ -189,3 +212,44 @@ def test_an_unreachable_cluster_refuses_the_job_with_one_line(tiny, tmp_path: Pa
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     status = cluster.cluster_status()
     assert status is not None and not status.reachable and status.problem
+
+
+SERVER_SCRIPT = """
+import sys
+from pathlib import Path
+from vgg import cluster
+from vgg.data import DataConfig, load_data
+from vgg.runs import RunStore
+from vgg.train import TrainConfig
+data = DataConfig(source="synthetic", input_size=32, images_per_class=20)
+cluster.fit_on_cluster(TrainConfig(data=data, epochs=500, batch_size=16), store=RunStore(Path(sys.argv[1])),
+                       splits=load_data(data), on_event=lambda e: print(type(e).__name__, flush=True))
+"""
+
+
+def test_a_server_that_dies_leaves_its_cluster_runs_interrupted_and_untouched(on_cluster: str,
+                                                                               tmp_path: Path) -> None:
+    """The process that receives a run's events is killed mid-run (a server restart): its run reads
+    as interrupted, and nothing writes into the folder afterwards although the cluster lives on."""
+    runs = tmp_path / "runs"
+    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(runs)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, cluster.ADDRESS_ENV: on_cluster})
+    try:
+        for line in server.stdout:  # wait for a few epochs' worth of events
+            if line.startswith("EpochEvent"):
+                break
+        else:
+            pytest.fail(f"the training never reached an epoch (exit {server.wait()})")
+    finally:
+        server.kill()
+        server.wait()
+    [folder] = [p for p in runs.iterdir() if p.is_dir()]
+    store = RunStore(runs)
+    info = store.get(folder.name)
+    assert info.status == "interrupted" and info.has_best
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    deadline = time.monotonic() + 60
+    while worker_pids():  # the dead server's task is ended by Ray (its owner is gone)
+        assert time.monotonic() < deadline, "the task of a dead server kept running"
+        time.sleep(0.5)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before, "nothing wrote afterwards"

@@ -68,11 +68,6 @@ def ray_address() -> str | None:
     return os.environ.get(ADDRESS_ENV, "").strip() or None
 
 
-def backend() -> str:
-    """"ray" where ``VGG_RAY_ADDRESS`` is set, else "local"."""
-    return "ray" if ray_address() else "local"
-
-
 def connect() -> Any:
     """``ray`` connected to the cluster (once per process); ``ClusterError`` with one line if it cannot be."""
     address = ray_address()
@@ -196,7 +191,7 @@ def _start_run_folder(start: dict[str, Any] | None) -> Path | None:
     return root
 
 
-def _on_worker(kind: str, cfg: TrainConfig, splits: DataSplits, inbox: Any, owner: str | None,
+def _on_worker(kind: str, cfg: TrainConfig | None, splits: DataSplits, inbox: Any, owner: str | None,
                start: dict[str, Any] | None, extra: Any) -> tuple[Any, str]:
     """The task's body on a worker: the training (or range test) with its events sent to ``inbox``."""
     import ray
@@ -225,6 +220,11 @@ def _on_worker(kind: str, cfg: TrainConfig, splits: DataSplits, inbox: Any, owne
         if kind == "train":
             result: Any = fit(cfg, splits=splits, on_event=inbox.put.remote, cancel=cancel, owner=owner,
                               runs_root=runs_root)
+        elif kind == "evaluate":
+            from vgg.evaluate import evaluate_loaded
+
+            loaded, precision = extra
+            result = evaluate_loaded(loaded, splits.test, precision=precision, cancel=cancel)
         else:
             from vgg.lr_finder import find_lr_for
 
@@ -270,7 +270,7 @@ def _lost(error: BaseException, node: str | None) -> str:
     return f"the Ray worker on {where} was lost ({one_line(error)})"
 
 
-def _run(kind: str, cfg: TrainConfig, splits: DataSplits, deliver: Callable[[Any, str | None], None],
+def _run(kind: str, cfg: TrainConfig | None, splits: DataSplits, deliver: Callable[[Any, str | None], None],
          cancel: threading.Event | None, owner: str | None, store: RunStore, extra: Any,
          on_lost: Callable[[str], None]) -> tuple[Any, str]:
     """Submit one task and pump its events into ``deliver(event, node)`` until it ends; (result, node)."""
@@ -280,9 +280,9 @@ def _run(kind: str, cfg: TrainConfig, splits: DataSplits, deliver: Callable[[Any
 
     here = ray.get_runtime_context().get_node_id()
     inbox = inbox_class.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
-    resources = {"num_cpus": cpus_for(cfg), "num_gpus": 1 if cfg.device == "cuda" else 0}
+    resources = {"num_cpus": cpus_for(cfg), "num_gpus": 1 if cfg.device == "cuda" else 0} if cfg else {"num_cpus": 1}
     ref = task.options(**resources).remote(kind, cfg, _put_data(ray, splits), inbox, owner,
-                                           _start_payload(cfg, store), extra)
+                                           _start_payload(cfg, store) if cfg else None, extra)
     node: str | None = None
     cancelled_at: float | None = None
 
@@ -358,6 +358,33 @@ def find_lr_on_cluster(cfg: TrainConfig, lr_cfg: Any, *, store: RunStore, splits
 
     result, _ = _run("lr_find", cfg, splits, deliver, cancel, None, store, lr_cfg, lambda message: None)
     return result
+
+
+def evaluate_on_cluster(store: RunStore, run_id: str, splits: DataSplits, *,
+                        cancel: threading.Event | None = None) -> Any:
+    """``vgg.evaluate.evaluate_run`` as a Ray task: the server loads the run's model (its checkpoint may
+    refer to files only the server has) and saves the predictions the worker computes."""
+    from vgg.errors import CheckpointError
+    from vgg.inference import load_model
+
+    loaded = load_model(run_id, store=store)
+    if tuple(splits.classes) != loaded.classes:
+        raise CheckpointError(f"run {run_id} was trained on classes {', '.join(loaded.classes[:4])}… but the "
+                              f"data set has {', '.join(splits.classes[:4])}…; it cannot be evaluated on it")
+    precision = str(store.get(run_id).config.get("precision", "auto"))
+    predictions = evaluate_loaded_on_cluster(loaded, splits, precision=precision, store=store, cancel=cancel)
+    if cancel is not None and cancel.is_set():
+        raise CheckpointError(f"the evaluation of run {run_id} was stopped; nothing was saved")
+    store.save_predictions(run_id, predictions)
+    return predictions
+
+
+def evaluate_loaded_on_cluster(loaded: Any, splits: DataSplits, *, precision: str, store: RunStore,
+                               cancel: threading.Event | None = None) -> Any:
+    """``vgg.evaluate.evaluate_loaded`` of ``splits.test`` as a Ray task (the model travels with it)."""
+    predictions, _ = _run("evaluate", None, splits, lambda item, node: None, cancel, None, store,
+                          (loaded, precision), lambda message: None)
+    return predictions
 
 
 def stop_on_exit() -> None:

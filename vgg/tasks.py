@@ -163,7 +163,8 @@ def evaluate_task(run_id: str, data_cfg: DataConfig, registry: DataRegistry,
         ctx.publish(message="loading the data set", progress=0.0)
         splits = registry.get(data_cfg, lambda done, total, msg: ctx.publish(message=msg))
         ctx.publish(message=f"evaluating best.pt on {len(splits.test)} test images", progress=0.5)
-        predictions = evaluate_run(store, run_id, splits, cancel=ctx.cancel_event)
+        evaluate = cluster.evaluate_on_cluster if cluster.ray_address() else evaluate_run  # a Ray task, or here
+        predictions = evaluate(store, run_id, splits, cancel=ctx.cancel_event)
         ctx.publish(message=f"test accuracy {predictions.accuracy:.1%}", progress=1.0)
         return predictions.accuracy
 

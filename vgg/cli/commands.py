@@ -156,6 +156,9 @@ def cmd_lr_find(args: argparse.Namespace, err: TextIO) -> LRFindOutcome:
         flush_denormals()  # the thread that trains, before its first torch op
         splits = load_splits(cfg.data, bar, cancel)
         bar.restart()
+        if cluster.ray_address():  # a Ray task on the cluster (vgg.cluster)
+            return cluster.find_lr_on_cluster(cfg, lr_cfg, store=RunStore(dirs.runs), splits=splits, on_step=on_step,
+                                              on_event=on_event, cancel=cancel), splits
         return find_lr_for(cfg, lr_cfg, splits=splits, on_step=on_step, on_event=on_event, cancel=cancel,
                            runs_root=dirs.runs), splits
 
@@ -326,8 +329,12 @@ def _evaluate_checkpoint(info: RunInfo, store: RunStore, which: str, device_name
                               f"({', '.join(loaded.classes[:3])}, …) but its data set now has "
                               f"{len(splits.classes)} ({', '.join(splits.classes[:3])}, …)")
     bar.update(None, f"evaluating {which}.pt on {len(splits.test)} test images", force=True)
-    predictions = evaluate_loaded(loaded, splits.test, precision=str(info.config.get("precision", "auto")),
-                                  cancel=cancel)
+    precision = str(info.config.get("precision", "auto"))
+    if cluster.ray_address():  # a Ray task on the cluster (vgg.cluster)
+        predictions = cluster.evaluate_loaded_on_cluster(loaded, splits, precision=precision, store=store,
+                                                         cancel=cancel)
+    else:
+        predictions = evaluate_loaded(loaded, splits.test, precision=precision, cancel=cancel)
     if cancel.is_set():
         raise Cancelled()
     epoch = loaded.meta.get("epoch")
