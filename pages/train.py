@@ -285,8 +285,11 @@ def finished(snap: JobSnapshot) -> None:
     cols[0].metric("Status", result.status)
     cols[1].metric("Best validation accuracy", percent(result.best_val_accuracy))
     cols[2].metric("Test accuracy", percent(result.test_accuracy))
-    cols[3].metric("Time", format_seconds(result.seconds),
-                   help=f"Training speed: {result.images_per_second:.0f} images/s on average over the run's steps.")
+    total = snap.elapsed if snap.elapsed is not None else result.seconds
+    cols[3].metric("Time", format_seconds(total),
+                   help=f"From Start to the end, loading the data and weights included ({format_seconds(result.seconds)} "
+                        f"of training). Training speed: {result.images_per_second:.0f} images/s on average over the "
+                        "run's steps.")
     verdict = advice.more_time([e for e in snap.history if isinstance(e, EpochEvent)])
     if verdict is not None and result.status == "done":
         (st.info if verdict.more_time_helps else st.warning)(verdict.text, icon=":material/schedule:")

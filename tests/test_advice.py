@@ -25,6 +25,10 @@ def test_memorising_means_more_epochs_would_not_help() -> None:
     assert not far.more_time_helps and "memorise" in far.text and "90.0%" in far.text
     falling = more_time([epoch(1, 0.5, 0.55), epoch(2, 0.6, 0.58), epoch(3, 0.65, 0.55)])
     assert not falling.more_time_helps
+    # validation falling while training is not above it: no claim of memorising (a tiny validation set)
+    noisy = more_time([epoch(1, 0.33, 0.66), epoch(2, 0.40, 0.50), epoch(3, 0.47, 0.50)])
+    assert not noisy.more_time_helps and "fell from 66.0% (epoch 1) to 50.0%" in noisy.text
+    assert "well above" not in noisy.text
     assert more_time([]) is None
 
 

@@ -71,10 +71,15 @@ def more_time(epochs: Sequence[EpochEvent]) -> Verdict | None:
     gap = last.train_accuracy - last.val_accuracy
     rising = len(epochs) == 1 or last.val_accuracy - epochs[-2].val_accuracy >= STILL_RISING
     falling = len(epochs) > 1 and last.val_accuracy < max(e.val_accuracy for e in epochs[:-1]) - STILL_RISING
-    if falling or gap > FAR:
+    if gap > FAR:
         return Verdict(False, f"More epochs would not help: training accuracy ({last.train_accuracy:.1%}) is "
                               f"well above validation accuracy ({last.val_accuracy:.1%}), so the network has "
                               "started to memorise its training images. More images (or augmentation) would help.")
+    if falling:
+        best = max(epochs[:-1], key=lambda e: e.val_accuracy)
+        return Verdict(False, f"More epochs would not help: validation accuracy fell from {best.val_accuracy:.1%} "
+                              f"(epoch {best.epoch}) to {last.val_accuracy:.1%}. The run keeps its best epoch's "
+                              "weights; more images would help more than more epochs.")
     if gap < CLOSE and rising:
         return Verdict(True, f"More time would help: training ({last.train_accuracy:.1%}) and validation "
                              f"({last.val_accuracy:.1%}) accuracy are close and validation still rose, so the "
