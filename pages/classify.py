@@ -171,10 +171,12 @@ def imagenet_note(loaded: inference.LoadedModel) -> str:
 
 def model_ui() -> tuple[str, float] | None:
     """The model the pictures go to: a trained run, or ImageNet's before any training. (source, mtime)."""
-    has_runs = any(r.has_best for r in run_store().list_runs())
     choices = ["run", IMAGENET_SOURCE]
     name = model_name(*IMAGENET)
-    choice = st.radio("Model", choices, index=0 if has_runs else 1, horizontal=True, key="classify_model",
+    # The starting choice matters on the first run only (then the radio keeps its own): runs read once.
+    first = "classify_model" not in st.session_state
+    index = 0 if not first or any(r.has_best for r in run_store().list_runs()) else 1
+    choice = st.radio("Model", choices, index=index, horizontal=True, key="classify_model",
                       format_func={"run": "A trained run",
                                    IMAGENET_SOURCE: f"ImageNet's {name}, before any training (1000 classes)"}.get)
     if choice == IMAGENET_SOURCE:

@@ -31,6 +31,7 @@ from ui.runs import set_chosen_run
 from ui.shell import ensure_app_shell, page_link
 from ui.weights import fast_start, init_ui
 from vgg import advice, cost, summary
+from vgg.data import DataConfig
 from vgg.data.sources import SYNTHETIC_TRAIN_PER_CLASS
 from vgg.errors import VGGError
 from vgg.events import EpochEvent, StepEvent
@@ -94,6 +95,12 @@ def use_recipe(cfg: TrainConfig) -> None:
     state["_train_lr_from"] = state.get("chosen_lr")  # the recipe's lr wins over an older pick
 
 
+def use_own_pictures_recipe(data: DataConfig) -> None:
+    """Button callback: the fast fine-tune, starting where ``fast_start`` says (read at the click, not
+    on every rerun: it lists the runs)."""
+    use_recipe(own_pictures_recipe(data, *fast_start("A", True)))
+
+
 def settings_ui() -> tuple[TrainConfig | None, bool]:
     """Every TrainConfig option; (None, False) with the reason shown when a value is refused."""
     data = current_data()
@@ -108,7 +115,7 @@ def settings_ui() -> tuple[TrainConfig | None, bool]:
                   help="ImageNet weights, 224 px, Adam 5e-4 with the features at 1/10, constant lr, 5 epochs, "
                        "dropout 0.5: the classic notebook. On a CPU an epoch of CIFAR-10 takes hours.")
     right.button("Own pictures: fast fine-tune (seconds)", key="train-recipe-own", icon=":material/photo_camera:",
-                 on_click=use_recipe, args=(own_pictures_recipe(data, *fast_start("A", True)),),
+                 on_click=use_own_pictures_recipe, args=(data,),
                  help="For a few dozen pictures per class (Data page → Make your own): VGG11-BN from ImageNet "
                       "weights at 224 px (offline: the newest earlier run, at its own size), everything frozen "
                       "but the last layer, which learns on features computed once and shared by every session.")

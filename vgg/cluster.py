@@ -1,8 +1,10 @@
-"""Jobs on a Ray cluster: trainings and LR range tests as Ray tasks when ``VGG_RAY_ADDRESS`` is set.
+"""Jobs on a Ray cluster: trainings, LR range tests and evaluations as Ray tasks when
+``VGG_RAY_ADDRESS`` is set.
 
 Without the variable nothing here runs: jobs train in the server's process (``vgg.train.fit``).
-With it (``auto``, ``host:6379`` or ``ray://host:10001``), ``fit_on_cluster`` and
-``find_lr_on_cluster`` take the place of ``fit`` and ``find_lr_for`` and keep their interface:
+With it (``auto``, ``host:6379`` or ``ray://host:10001``), ``fit_on_cluster``,
+``find_lr_on_cluster`` and ``evaluate_on_cluster`` take the place of ``fit``, ``find_lr_for`` and
+``evaluate_run`` and keep their interface:
 
 - **The data** go to the workers through Ray's object store: the server decoded them once
   (``vgg.tasks.DataRegistry``) and puts each data set there once (``ray.put``); a lab PC needs only
@@ -85,8 +87,7 @@ def connect() -> Any:
             try:
                 ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
             except Exception as error:  # noqa: BLE001 — ConnectionError, RuntimeError, auth: one line for all
-                raise ClusterError(f"the Ray cluster at {address} cannot be reached ({one_line(error)}); "
-                                   "new jobs are refused until it is back") from None
+                raise _unreachable(address, error) from None
     return ray
 
 
@@ -101,8 +102,12 @@ def _probe(address: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
             pass
     except OSError as error:
-        raise ClusterError(f"the Ray cluster at {address} cannot be reached ({one_line(error)}); "
-                           "new jobs are refused until it is back") from None
+        raise _unreachable(address, error) from None
+
+
+def _unreachable(address: str, error: BaseException) -> ClusterError:
+    return ClusterError(f"the Ray cluster at {address} cannot be reached ({one_line(error)}); "
+                        "new jobs are refused until it is back")
 
 
 @dataclass(frozen=True)

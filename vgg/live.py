@@ -16,6 +16,7 @@ the first Linear's 100 M weights dominate there, and are read once per frame eit
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -83,7 +84,9 @@ class LiveClassifier:
         return out
 
 
+@functools.lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font at ``size`` px, loaded once per size (not once per frame)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one bitmap size
